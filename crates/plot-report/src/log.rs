@@ -1,0 +1,193 @@
+//! The training log: `training_log.jsonl`, one JSON object per optimizer step or event.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One line of `training_log.jsonl`.
+///
+/// Written by the trainer (see [`LogRecord::to_json_line`]) and read by
+/// [`read_log`]. Only `step` and `epoch` are required; unknown fields are
+/// ignored on read, so the format can grow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Fractional epoch (0 at the start, 1.0 after one pass over the data).
+    pub epoch: f64,
+    /// Training loss of the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Learning rate used by the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Evaluation loss, when an evaluation ran at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// Gradient norm before clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Training throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Name of a checkpoint written at this step, e.g. `checkpoint-12-loss-1_62`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// Seconds since the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_s: Option<f64>,
+}
+
+impl LogRecord {
+    /// The record as one JSON line, newline included, ready to append to the log.
+    ///
+    /// Non-finite numbers (a diverged loss) are written as `null`, which reads back as absent.
+    #[must_use]
+    pub fn to_json_line(&self) -> String {
+        // Only strings and numbers: serialising cannot fail.
+        let mut line = serde_json::to_string(self).expect("LogRecord is plain JSON data");
+        line.push('\n');
+        line
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(self.epoch.is_finite() && self.epoch >= 0.0) {
+            return Err(format!("`epoch` is {}, expected a number >= 0", self.epoch));
+        }
+        for (field, value) in [
+            ("lr", self.lr),
+            ("loss", self.loss),
+            ("eval_loss", self.eval_loss),
+            ("grad_norm", self.grad_norm),
+        ] {
+            if let Some(v) = value.filter(|v| *v < 0.0) {
+                return Err(format!("`{field}` is {v}, expected a number >= 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A whole training log, in file order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunLog {
+    /// The records, one per non-blank line.
+    pub records: Vec<LogRecord>,
+}
+
+impl RunLog {
+    /// Parses the text of a log; `origin` names it in errors (e.g. the file name).
+    ///
+    /// Blank lines are skipped; any other line that is not a valid record is an
+    /// error naming its 1-based line number.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
+        let mut records = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = |message: String| Error::BadLine {
+                origin: origin.to_owned(),
+                line: i + 1,
+                message,
+            };
+            let record: LogRecord = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            record.check().map_err(bad)?;
+            records.push(record);
+        }
+        Ok(RunLog { records })
+    }
+}
+
+impl From<Vec<LogRecord>> for RunLog {
+    fn from(records: Vec<LogRecord>) -> Self {
+        RunLog { records }
+    }
+}
+
+/// Reads `training_log.jsonl`; a bad line is an error naming the file and line number.
+pub fn read_log(path: &Path) -> Result<RunLog, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        action: "cannot read training log",
+        path: path.to_owned(),
+        source,
+    })?;
+    RunLog::parse(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_the_documented_format_and_ignores_unknown_fields() {
+        let text = concat!(
+            r#"{"step": 1, "epoch": 0.01, "loss": 2.5, "lr": 3e-4, "grad_norm": 1.2, "tokens_per_s": 900.5, "time_s": 1.5, "new_field": [1]}"#,
+            "\n\n",
+            r#"{"step": 12, "epoch": 0.12, "eval_loss": 2.1, "checkpoint": "checkpoint-12-loss-1.62"}"#,
+            "\n",
+        );
+        let log = RunLog::parse(text, "t").unwrap();
+        assert_eq!(log.records.len(), 2);
+        assert_eq!(log.records[0].lr, Some(3e-4));
+        assert_eq!(log.records[1].loss, None);
+        assert_eq!(log.records[1].checkpoint.as_deref(), Some("checkpoint-12-loss-1.62"));
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        let cases = [
+            ("{\"step\": 1, \"epoch\": 0}\n{\"step\": 2}\n", 2, "epoch"),
+            ("{\"step\": 1, \"epoch\": 0}\n\n{\"step\": 2, \"epoch\": 0.1, \"loss\": \"x\"}", 3, "invalid type"),
+            ("{\"step\": -1, \"epoch\": 0}", 1, "invalid value"),
+            ("{\"step\": 1, \"epoch\": -0.5}", 1, "`epoch` is -0.5"),
+            ("{\"step\": 1, \"epoch\": 0, \"lr\": -1}", 1, "`lr` is -1"),
+            ("{\"step\": 1, \"epoch\": 0, \"loss\": 1.2", 1, "EOF"),
+        ];
+        for (text, line, want) in cases {
+            match RunLog::parse(text, "log.jsonl") {
+                Err(e @ Error::BadLine { line: l, .. }) => {
+                    assert_eq!(l, line, "{e}");
+                    let msg = e.to_string();
+                    assert!(msg.contains(want) && msg.contains("log.jsonl"), "{msg}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    fn opt() -> impl Strategy<Value = Option<f64>> {
+        proptest::option::of(0.0f64..1e6)
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip_through_lines(
+            recs in proptest::collection::vec(
+                (any::<u64>(), 0.0f64..1e3, opt(), opt(), opt(), opt(), proptest::option::of("[a-z0-9_-]{1,20}")),
+                0..20,
+            )
+        ) {
+            let records: Vec<LogRecord> = recs
+                .into_iter()
+                .map(|(step, epoch, loss, lr, eval_loss, time_s, checkpoint)| LogRecord {
+                    step, epoch, loss, lr, eval_loss, time_s, checkpoint, ..Default::default()
+                })
+                .collect();
+            let text: String = records.iter().map(LogRecord::to_json_line).collect();
+            prop_assert_eq!(text.lines().count(), records.len());
+            prop_assert_eq!(RunLog::parse(&text, "p").unwrap(), RunLog::from(records));
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_written_as_null_and_read_as_absent() {
+        let r = LogRecord { step: 3, epoch: 0.5, loss: Some(f64::NAN), ..Default::default() };
+        let line = r.to_json_line();
+        assert!(line.contains("\"loss\":null"), "{line}");
+        assert_eq!(RunLog::parse(&line, "p").unwrap().records[0].loss, None);
+    }
+}

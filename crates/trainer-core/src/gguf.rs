@@ -1,0 +1,149 @@
+//! Loading a GGUF file: metadata -> config, tensors dequantized to f32 in HF layout (q/k un-permuted), tokenizer.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+
+use crate::config::{ModelConfig, SUPPORTED_TYPES};
+use crate::decoder::{Layer, Weights};
+use crate::error::{Error, Result};
+use crate::model::Parts;
+use crate::tokenizer::{self, md_u64};
+
+fn md_f64(md: &HashMap<String, Value>, key: &str) -> Option<f64> {
+    match md.get(key)? {
+        Value::F32(v) => Some(f64::from(*v)),
+        Value::F64(v) => Some(*v),
+        _ => md_u64(md, key).map(|v| v as f64),
+    }
+}
+
+/// Reads a GGUF model file.
+pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let ct = Content::read(&mut reader).map_err(|e| {
+        Error::model(path, format!("not a readable GGUF file (or it uses a tensor type candle cannot read): {e}"))
+    })?;
+    let md = &ct.metadata;
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| Error::model(path, "metadata key `general.architecture` is missing"))?;
+    if !SUPPORTED_TYPES.contains(&arch.as_str()) {
+        return Err(Error::model(
+            path,
+            format!("architecture `{arch}` is not supported; supported: {}", SUPPORTED_TYPES.join(", ")),
+        ));
+    }
+    let need = |key: &str| -> Result<usize> {
+        let full = format!("{arch}.{key}");
+        md_u64(md, &full)
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::model(path, format!("metadata key `{full}` is missing or not an integer")))
+    };
+    let (tok, special, template) = tokenizer::from_gguf(md, path)?;
+    let hidden_size = need("embedding_length")?;
+    let num_attention_heads = need("attention.head_count")?;
+    let num_key_value_heads = need("attention.head_count_kv").unwrap_or(num_attention_heads);
+    let head_dim = need("attention.key_length").unwrap_or(hidden_size / num_attention_heads.max(1));
+    let has = |name: &str| ct.tensor_infos.contains_key(name);
+    let vocab_size = ct
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|i| i.shape.dims()[0])
+        .ok_or_else(|| Error::model(path, "tensor `token_embd.weight` is missing"))?;
+    let cfg = ModelConfig {
+        model_type: arch.clone(),
+        vocab_size,
+        hidden_size,
+        intermediate_size: need("feed_forward_length")?,
+        num_hidden_layers: need("block_count")?,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        rms_norm_eps: md_f64(md, &format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        rope_theta: md_f64(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
+        rope_scaling: None,
+        max_position_embeddings: need("context_length").unwrap_or(4096),
+        tie_word_embeddings: !has("output.weight"),
+        attention_bias: has("blk.0.attn_q.bias"),
+    };
+    cfg.validate(path)?;
+
+    let mut get = |name: &str| -> Result<Tensor> {
+        let q = ct
+            .tensor(&mut reader, name, device)
+            .map_err(|e| Error::model(path, format!("tensor `{name}`: {e}")))?;
+        q.dequantize(device).map_err(|e| Error::model(path, format!("tensor `{name}`: cannot dequantize: {e}")))
+    };
+    // llama.cpp permutes q/k rows for llama-arch models (interleaved RoPE); undo it to get the HF layout.
+    let permuted = arch != "qwen2";
+    let unpermute = |w: Tensor, heads: usize| -> Result<Tensor> {
+        if !permuted {
+            return Ok(w);
+        }
+        let (out, inp) = w.dims2()?;
+        Ok(w.reshape((heads, out / heads / 2, 2, inp))?.transpose(1, 2)?.reshape((out, inp))?.contiguous()?)
+    };
+    let unpermute_bias = |b: Tensor, heads: usize| -> Result<Tensor> {
+        if !permuted {
+            return Ok(b);
+        }
+        let out = b.dims1()?;
+        Ok(b.reshape((heads, out / heads / 2, 2))?.transpose(1, 2)?.reshape(out)?.contiguous()?)
+    };
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let p = |s: &str| format!("blk.{i}.{s}");
+        let q = unpermute(get(&p("attn_q.weight"))?, cfg.num_attention_heads)?;
+        let k = unpermute(get(&p("attn_k.weight"))?, cfg.num_key_value_heads)?;
+        let qkv_bias = if cfg.attention_bias {
+            Some([
+                unpermute_bias(get(&p("attn_q.bias"))?, cfg.num_attention_heads)?,
+                unpermute_bias(get(&p("attn_k.bias"))?, cfg.num_key_value_heads)?,
+                get(&p("attn_v.bias"))?,
+            ])
+        } else {
+            None
+        };
+        layers.push(Layer {
+            input_norm: get(&p("attn_norm.weight"))?,
+            linears: [
+                q,
+                k,
+                get(&p("attn_v.weight"))?,
+                get(&p("attn_output.weight"))?,
+                get(&p("ffn_gate.weight"))?,
+                get(&p("ffn_up.weight"))?,
+                get(&p("ffn_down.weight"))?,
+            ],
+            qkv_bias,
+            post_norm: get(&p("ffn_norm.weight"))?,
+        });
+    }
+    let rope_freq_factors = if has("rope_freqs.weight") {
+        Some(get("rope_freqs.weight")?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+    } else {
+        None
+    };
+    let weights = Weights {
+        embed: get("token_embd.weight")?,
+        norm: get("output_norm.weight")?,
+        lm_head: if cfg.tie_word_embeddings { None } else { Some(get("output.weight")?) },
+        layers,
+        rope_freq_factors,
+    };
+    Ok(Parts {
+        config: cfg,
+        weights,
+        tokenizer: tok,
+        special,
+        chat_template: template,
+    })
+}
