@@ -74,6 +74,18 @@ impl TryFrom<PolicyRepr> for Policy {
 /// Float tolerance of the absolute improvement rule (far below its 0.01 minimum drop).
 const ABSOLUTE_TOLERANCE: f64 = 1e-9;
 
+/// The number of the epoch that just ended: the nearest whole number when `epoch` is one (up to
+/// float noise), else the epoch in progress (a partial last epoch of a 2.5-epoch run is epoch 3).
+fn epoch_number(epoch: f64) -> u64 {
+    let nearest = epoch.round();
+    let n = if (epoch - nearest).abs() < 1e-6 {
+        nearest
+    } else {
+        epoch.ceil()
+    };
+    n.max(1.0) as u64
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -191,7 +203,7 @@ impl Policy {
         } else if best_rule {
             Some((SaveReason::Best, eval.unwrap_or(loss)))
         } else if epoch_rule {
-            let n = (event.epoch + EPOCH_EPSILON).floor().max(1.0) as u64;
+            let n = epoch_number(event.epoch);
             Some((SaveReason::Epoch(n), loss))
         } else if periodic_rule {
             Some((SaveReason::Periodic, loss))
@@ -369,6 +381,15 @@ mod tests {
             save_now,
             stop: false,
         }
+    }
+
+    #[test]
+    fn epoch_numbers() {
+        assert_eq!(epoch_number(1.0), 1);
+        assert_eq!(epoch_number(0.999_999_999_9), 1);
+        assert_eq!(epoch_number(2.000_000_000_1), 2);
+        assert_eq!(epoch_number(2.5), 3);
+        assert_eq!(epoch_number(0.0), 1);
     }
 
     proptest! {

@@ -222,6 +222,27 @@ pub fn resolve(requested: &[String], available: &[String]) -> Result<Vec<String>
     Ok(out)
 }
 
+/// Both name types are written as their names and read case-insensitively, so
+/// config files say `preset = "q-k-v-o"` and `arch = "llama"`.
+macro_rules! serde_by_name {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                name.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_by_name!(Arch);
+serde_by_name!(Preset);
+
 pub(crate) fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }
@@ -252,6 +273,18 @@ mod tests {
         );
         let e = "gpt2".parse::<Arch>().unwrap_err().to_string();
         assert!(e.contains("llama, mistral, qwen2"), "{e}");
+    }
+
+    #[test]
+    fn names_serialize_as_strings() {
+        let json = serde_json::to_string(&(Preset::KVDown, Arch::Qwen2)).unwrap();
+        assert_eq!(json, r#"["k-v-down","qwen2"]"#);
+        let back: (Preset, Arch) = serde_json::from_str(r#"["ALL-linear", "Mistral"]"#).unwrap();
+        assert_eq!(back, (Preset::AllLinear, Arch::Mistral));
+        let err = serde_json::from_str::<Preset>(r#""qv""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use one of q-v"), "{err}");
     }
 
     #[test]

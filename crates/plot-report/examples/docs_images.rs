@@ -10,9 +10,13 @@ use plot_report::{read_log, render, render_schedule, GraphOptions};
 fn main() -> Result<(), plot_report::Error> {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let images = crate_dir.join("../../docs/images");
-    let log = read_log(&crate_dir.join("tests/fixtures/training_log.jsonl"))?;
+    let log = read_log(crate_dir.join("tests/fixtures/training_log.jsonl"))?;
     let graph = images.join("training_graph.png");
-    render(&log, &graph, &GraphOptions::with_title("example-lora LR and Loss vs Epoch"))?;
+    render(
+        &log,
+        &graph,
+        &GraphOptions::with_title("example-lora LR and Loss vs Epoch"),
+    )?;
 
     // 180 optimizer steps, 10 warmup steps, then cosine decay (HF semantics).
     let (total, warmup) = (180.0, 10.0);

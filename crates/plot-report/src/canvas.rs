@@ -9,11 +9,12 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
+use crate::text::{font, Canvas, FONT_BYTES};
 use crate::Error;
 
-/// DejaVu Sans (Bitstream Vera license, see `assets/DejaVuSans-LICENSE.txt`),
-/// embedded so rendering needs no system font library.
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+/// The drawing area every picture is drawn on.
+pub(crate) type Area<'a> = DrawingArea<Canvas<'a>, Shift>;
+
 pub(crate) const FAMILY: &str = "sans-serif";
 
 pub(crate) const LOSS_RAW: RGBColor = RGBColor(240, 150, 150);
@@ -28,13 +29,14 @@ pub(crate) const GRID: RGBColor = RGBColor(228, 228, 228);
 /// Height of the strip above the chart that holds the title, subtitle and legend.
 pub(crate) const HEADER_PX: u32 = 92;
 
-pub(crate) fn ensure_font(path: &Path) -> Result<(), Error> {
+/// The embedded font, also registered with plotters as its `sans-serif` family.
+fn ensure_font(path: &Path) -> Result<&'static ab_glyph::FontRef<'static>, Error> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    if *REGISTERED.get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT).is_ok()) {
-        Ok(())
-    } else {
-        Err(render_error(path, "the embedded font could not be loaded"))
-    }
+    let registered =
+        *REGISTERED.get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT_BYTES).is_ok());
+    font()
+        .filter(|_| registered)
+        .ok_or_else(|| render_error(path, "the embedded font could not be loaded"))
 }
 
 pub(crate) fn render_error(path: &Path, message: impl ToString) -> Error {
@@ -62,10 +64,10 @@ pub(crate) fn check_size(width: u32, height: u32) -> Result<(), Error> {
 pub(crate) fn write_png_atomically(
     path: &Path,
     (width, height): (u32, u32),
-    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
+    draw: impl FnOnce(&Area<'_>) -> Result<(), String>,
 ) -> Result<(), Error> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    ensure_font(path)?;
+    let font = ensure_font(path)?;
     let name = path
         .file_name()
         .ok_or_else(|| render_error(path, "the output path has no file name"))?
@@ -76,20 +78,18 @@ pub(crate) fn write_png_atomically(
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let root = BitMapBackend::new(&tmp, (width, height)).into_drawing_area();
+        let root = Canvas::new(BitMapBackend::new(&tmp, (width, height)), font).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         draw(&root)?;
         root.present().map_err(|e| e.to_string())
     })();
-    let result = result
-        .map_err(|m| render_error(path, m))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-                action: "cannot move the rendered PNG to",
-                path: path.to_owned(),
-                source,
-            })
-        });
+    let result = result.map_err(|m| render_error(path, m)).and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+            action: "cannot move the rendered PNG to",
+            path: path.to_owned(),
+            source,
+        })
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -105,7 +105,7 @@ pub(crate) enum Key {
 
 /// Draws the title (centred), a muted subtitle and a one-row legend in the header strip.
 pub(crate) fn draw_header(
-    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    area: &Area<'_>,
     title: &str,
     subtitle: &str,
     keys: &[(Key, String)],
@@ -115,7 +115,8 @@ pub(crate) fn draw_header(
     let centred = |text: &str, style: &TextStyle<'_>, y: i32| -> Result<(), String> {
         let (tw, _) = area.estimate_text_size(text, style).map_err(err)?;
         let x = (i64::from(w) - i64::from(tw)).max(0) / 2;
-        area.draw(&Text::new(text.to_owned(), (x as i32, y), style.clone())).map_err(err)
+        area.draw(&Text::new(text.to_owned(), (x as i32, y), style.clone()))
+            .map_err(err)
     };
     centred(title, &(FAMILY, 24).into_font().color(&INK), 8)?;
     if !subtitle.is_empty() {
@@ -128,24 +129,37 @@ pub(crate) fn draw_header(
     }
     let sample = 28;
     let gap = 26;
-    let total: i32 = widths.iter().map(|t| sample + 6 + t).sum::<i32>() + gap * (keys.len() as i32 - 1).max(0);
+    let total: i32 =
+        widths.iter().map(|t| sample + 6 + t).sum::<i32>() + gap * (keys.len() as i32 - 1).max(0);
     let mut x = ((w as i32 - total) / 2).max(4);
     let y = 72;
     for ((key, label), tw) in keys.iter().zip(widths) {
         match key {
             Key::Line(c, width) => area
-                .draw(&PathElement::new(vec![(x, y), (x + sample, y)], c.stroke_width(*width)))
+                .draw(&PathElement::new(
+                    vec![(x, y), (x + sample, y)],
+                    c.stroke_width(*width),
+                ))
                 .map_err(err)?,
-            Key::Dot(c) => area.draw(&Circle::new((x + sample / 2, y), 5, c.filled())).map_err(err)?,
+            Key::Dot(c) => area
+                .draw(&Circle::new((x + sample / 2, y), 5, c.filled()))
+                .map_err(err)?,
             Key::Dashed(c) => {
                 for dx in (0..sample).step_by(8) {
-                    area.draw(&PathElement::new(vec![(x + dx, y), (x + dx + 4, y)], c.stroke_width(2)))
-                        .map_err(err)?;
+                    area.draw(&PathElement::new(
+                        vec![(x + dx, y), (x + dx + 4, y)],
+                        c.stroke_width(2),
+                    ))
+                    .map_err(err)?;
                 }
             }
         }
-        area.draw(&Text::new(label.clone(), (x + sample + 6, y - 9), label_style.clone()))
-            .map_err(err)?;
+        area.draw(&Text::new(
+            label.clone(),
+            (x + sample + 6, y - 9),
+            label_style.clone(),
+        ))
+        .map_err(err)?;
         x += sample + 6 + tw + gap;
     }
     Ok(())

@@ -12,6 +12,9 @@ use crate::canvas::{
 use crate::smooth::{ema, padded_range};
 use crate::{Error, RunLog};
 
+/// Above this many checkpoints, no dashed guide lines are drawn, only the markers.
+const MAX_CHECKPOINT_GUIDES: usize = 30;
+
 /// How [`render`] draws the training graph.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphOptions {
@@ -60,12 +63,18 @@ struct Series {
 
 fn collect(log: &RunLog, smoothing: f64) -> Series {
     let pick = |f: fn(&crate::LogRecord) -> Option<f64>| -> Vec<(f64, f64)> {
-        log.records.iter().filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.epoch, v))).collect()
+        log.records
+            .iter()
+            .filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.epoch, v)))
+            .collect()
     };
     let loss = pick(|r| r.loss);
     let smooth = if smoothing > 0.0 {
         let values: Vec<f64> = loss.iter().map(|p| p.1).collect();
-        loss.iter().map(|p| p.0).zip(ema(&values, smoothing)).collect()
+        loss.iter()
+            .map(|p| p.0)
+            .zip(ema(&values, smoothing))
+            .collect()
     } else {
         Vec::new()
     };
@@ -92,10 +101,28 @@ fn collect(log: &RunLog, smoothing: f64) -> Series {
     }
 }
 
+/// The x range: every epoch with a 1% margin, not starting below 0 when the run
+/// starts at or after 0 (a single epoch is centred instead).
+fn epoch_range(log: &RunLog) -> (f64, f64) {
+    let epochs = || log.records.iter().map(|r| r.epoch);
+    let (x0, x1) = padded_range(epochs(), 0.01).unwrap_or((0.0, 1.0));
+    let first = epochs().fold(f64::INFINITY, f64::min);
+    let last = epochs().fold(f64::NEG_INFINITY, f64::max);
+    if first < last && first >= 0.0 {
+        (x0.max(0.0), x1)
+    } else {
+        (x0, x1)
+    }
+}
+
 fn subtitle(log: &RunLog, s: &Series) -> String {
     let mut parts = Vec::new();
     if let Some(last) = log.records.last() {
-        parts.push(format!("{} steps, epoch {}", last.step, plain_tick(last.epoch)));
+        parts.push(format!(
+            "{} steps, epoch {}",
+            last.step,
+            plain_tick(last.epoch)
+        ));
     }
     if let Some(&(_, l)) = s.loss.last() {
         match s.smooth.last() {
@@ -104,7 +131,10 @@ fn subtitle(log: &RunLog, s: &Series) -> String {
         }
     }
     if let Some(&(e, best)) = s.eval.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
-        parts.push(format!("best eval loss {best:.3} at epoch {}", plain_tick(e)));
+        parts.push(format!(
+            "best eval loss {best:.3} at epoch {}",
+            plain_tick(e)
+        ));
     }
     if !s.checkpoints.is_empty() {
         parts.push(format!("{} checkpoints", s.checkpoints.len()));
@@ -115,8 +145,8 @@ fn subtitle(log: &RunLog, s: &Series) -> String {
 /// Renders `log` as a PNG at `path` (written atomically: temporary file, then rename).
 ///
 /// Left axis: the raw loss (light red), its smoothed line (dark red), eval-loss
-/// points (green) and checkpoint markers (purple dashed line plus a triangle on
-/// the loss curve). Right axis: the learning rate (blue). X axis: epoch.
+/// points (green) and checkpoint markers (a purple triangle on the loss curve,
+/// plus a dashed vertical line when there are at most 30 checkpoints). Right axis: the learning rate (blue). X axis: epoch.
 pub fn render(log: &RunLog, path: &Path, opts: &GraphOptions) -> Result<(), Error> {
     check_size(opts.width, opts.height)?;
     if !(opts.smoothing.is_finite() && (0.0..1.0).contains(&opts.smoothing)) {
@@ -132,9 +162,9 @@ pub fn render(log: &RunLog, path: &Path, opts: &GraphOptions) -> Result<(), Erro
             "the training log has no `loss`, `lr` or `eval_loss` values",
         ));
     }
-    let (x0, x1) = padded_range(log.records.iter().map(|r| r.epoch), 0.01).unwrap_or((0.0, 1.0));
-    let x0 = if x0 < 0.0 && log.records.iter().all(|r| r.epoch >= 0.0) { x0.max(-0.001 * (x1 - x0)) } else { x0 };
-    let (l0, l1) = padded_range(s.loss.iter().chain(&s.eval).map(|p| p.1), 0.06).unwrap_or((0.0, 1.0));
+    let (x0, x1) = epoch_range(log);
+    let (l0, l1) =
+        padded_range(s.loss.iter().chain(&s.eval).map(|p| p.1), 0.06).unwrap_or((0.0, 1.0));
     let lr_max = s.lr.iter().map(|p| p.1).fold(0.0, f64::max);
     let (r0, r1) = (0.0, if lr_max > 0.0 { lr_max * 1.08 } else { 1.0 });
 
@@ -197,30 +227,55 @@ pub fn render(log: &RunLog, path: &Path, opts: &GraphOptions) -> Result<(), Erro
             .draw()
             .map_err(err)?;
 
-        for &(x, _) in &s.checkpoints {
+        // With many checkpoints the guide lines would hide the curves: triangles only.
+        let guides = if s.checkpoints.len() <= MAX_CHECKPOINT_GUIDES {
+            s.checkpoints.as_slice()
+        } else {
+            &[]
+        };
+        for &(x, _) in guides {
             chart
-                .draw_series(DashedLineSeries::new(vec![(x, l0), (x, l1)], 5, 5, CHECKPOINT.stroke_width(1)))
+                .draw_series(DashedLineSeries::new(
+                    vec![(x, l0), (x, l1)],
+                    5,
+                    5,
+                    CHECKPOINT.stroke_width(1),
+                ))
                 .map_err(err)?;
         }
-        chart.draw_series(LineSeries::new(s.loss.iter().copied(), LOSS_RAW.stroke_width(2))).map_err(err)?;
-        chart.draw_series(LineSeries::new(s.smooth.iter().copied(), LOSS_SMOOTH.stroke_width(3))).map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(
+                s.loss.iter().copied(),
+                LOSS_RAW.stroke_width(2),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(
+                s.smooth.iter().copied(),
+                LOSS_SMOOTH.stroke_width(3),
+            ))
+            .map_err(err)?;
         chart
             .draw_secondary_series(LineSeries::new(s.lr.iter().copied(), LR.stroke_width(2)))
             .map_err(err)?;
         // A single point draws no line: mark it.
         if s.loss.len() == 1 {
-            chart.draw_series(s.loss.iter().map(|&p| Circle::new(p, 4, LOSS_RAW.filled()))).map_err(err)?;
+            chart
+                .draw_series(s.loss.iter().map(|&p| Circle::new(p, 4, LOSS_RAW.filled())))
+                .map_err(err)?;
         }
         if s.lr.len() == 1 {
-            chart.draw_secondary_series(s.lr.iter().map(|&p| Circle::new(p, 4, LR.filled()))).map_err(err)?;
+            chart
+                .draw_secondary_series(s.lr.iter().map(|&p| Circle::new(p, 4, LR.filled())))
+                .map_err(err)?;
         }
-        chart.draw_series(s.eval.iter().map(|&p| Circle::new(p, 5, EVAL.filled()))).map_err(err)?;
         chart
-            .draw_series(
-                s.checkpoints
-                    .iter()
-                    .filter_map(|&(x, y)| y.map(|y| TriangleMarker::new((x, y), 7, CHECKPOINT.filled()))),
-            )
+            .draw_series(s.eval.iter().map(|&p| Circle::new(p, 5, EVAL.filled())))
+            .map_err(err)?;
+        chart
+            .draw_series(s.checkpoints.iter().filter_map(|&(x, y)| {
+                y.map(|y| TriangleMarker::new((x, y), 7, CHECKPOINT.filled()))
+            }))
             .map_err(err)?;
         Ok(())
     })
@@ -234,13 +289,37 @@ mod tests {
     #[test]
     fn checkpoints_sit_on_the_latest_loss() {
         let log = RunLog::from(vec![
-            LogRecord { step: 1, epoch: 0.1, loss: Some(2.0), ..Default::default() },
-            LogRecord { step: 2, epoch: 0.2, loss: Some(1.0), checkpoint: Some("a".into()), ..Default::default() },
-            LogRecord { step: 2, epoch: 0.2, checkpoint: Some("b".into()), ..Default::default() },
-            LogRecord { step: 0, epoch: 0.0, checkpoint: Some("c".into()), ..Default::default() },
+            LogRecord {
+                step: 1,
+                epoch: 0.1,
+                loss: Some(2.0),
+                ..Default::default()
+            },
+            LogRecord {
+                step: 2,
+                epoch: 0.2,
+                loss: Some(1.0),
+                checkpoint: Some("a".into()),
+                ..Default::default()
+            },
+            LogRecord {
+                step: 2,
+                epoch: 0.2,
+                checkpoint: Some("b".into()),
+                ..Default::default()
+            },
+            LogRecord {
+                step: 0,
+                epoch: 0.0,
+                checkpoint: Some("c".into()),
+                ..Default::default()
+            },
         ]);
         let s = collect(&log, 0.0);
-        assert_eq!(s.checkpoints, [(0.2, Some(1.0)), (0.2, Some(1.0)), (0.0, Some(1.0))]);
+        assert_eq!(
+            s.checkpoints,
+            [(0.2, Some(1.0)), (0.2, Some(1.0)), (0.0, Some(1.0))]
+        );
         let s = collect(&RunLog::from(vec![log.records[3].clone()]), 0.5);
         assert_eq!(s.checkpoints, [(0.0, None)]);
     }
@@ -248,8 +327,20 @@ mod tests {
     #[test]
     fn subtitle_summarises_the_run() {
         let log = RunLog::from(vec![
-            LogRecord { step: 1, epoch: 0.5, loss: Some(2.0), eval_loss: Some(2.5), ..Default::default() },
-            LogRecord { step: 2, epoch: 1.0, loss: Some(1.0), eval_loss: Some(2.25), ..Default::default() },
+            LogRecord {
+                step: 1,
+                epoch: 0.5,
+                loss: Some(2.0),
+                eval_loss: Some(2.5),
+                ..Default::default()
+            },
+            LogRecord {
+                step: 2,
+                epoch: 1.0,
+                loss: Some(1.0),
+                eval_loss: Some(2.25),
+                ..Default::default()
+            },
         ]);
         let s = collect(&log, 0.0);
         assert_eq!(

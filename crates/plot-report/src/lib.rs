@@ -53,6 +53,7 @@ mod graph;
 mod log;
 mod schedule;
 mod smooth;
+mod text;
 
 pub use error::Error;
 pub use graph::{render, GraphOptions};

@@ -108,7 +108,8 @@ impl From<Vec<LogRecord>> for RunLog {
 }
 
 /// Reads `training_log.jsonl`; a bad line is an error naming the file and line number.
-pub fn read_log(path: &Path) -> Result<RunLog, Error> {
+pub fn read_log(path: impl AsRef<Path>) -> Result<RunLog, Error> {
+    let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         action: "cannot read training log",
         path: path.to_owned(),
@@ -134,14 +135,21 @@ mod tests {
         assert_eq!(log.records.len(), 2);
         assert_eq!(log.records[0].lr, Some(3e-4));
         assert_eq!(log.records[1].loss, None);
-        assert_eq!(log.records[1].checkpoint.as_deref(), Some("checkpoint-12-loss-1.62"));
+        assert_eq!(
+            log.records[1].checkpoint.as_deref(),
+            Some("checkpoint-12-loss-1.62")
+        );
     }
 
     #[test]
     fn bad_lines_are_named() {
         let cases = [
             ("{\"step\": 1, \"epoch\": 0}\n{\"step\": 2}\n", 2, "epoch"),
-            ("{\"step\": 1, \"epoch\": 0}\n\n{\"step\": 2, \"epoch\": 0.1, \"loss\": \"x\"}", 3, "invalid type"),
+            (
+                "{\"step\": 1, \"epoch\": 0}\n\n{\"step\": 2, \"epoch\": 0.1, \"loss\": \"x\"}",
+                3,
+                "invalid type",
+            ),
             ("{\"step\": -1, \"epoch\": 0}", 1, "invalid value"),
             ("{\"step\": 1, \"epoch\": -0.5}", 1, "`epoch` is -0.5"),
             ("{\"step\": 1, \"epoch\": 0, \"lr\": -1}", 1, "`lr` is -1"),
@@ -185,7 +193,12 @@ mod tests {
 
     #[test]
     fn non_finite_values_are_written_as_null_and_read_as_absent() {
-        let r = LogRecord { step: 3, epoch: 0.5, loss: Some(f64::NAN), ..Default::default() };
+        let r = LogRecord {
+            step: 3,
+            epoch: 0.5,
+            loss: Some(f64::NAN),
+            ..Default::default()
+        };
         let line = r.to_json_line();
         assert!(line.contains("\"loss\":null"), "{line}");
         assert_eq!(RunLog::parse(&line, "p").unwrap().records[0].loss, None);

@@ -56,7 +56,11 @@ pub fn render_schedule_with(
     path: &Path,
 ) -> Result<(), Error> {
     check_size(opts.width, opts.height)?;
-    if let Some((index, &(x, y))) = points.iter().enumerate().find(|(_, p)| !(p.0.is_finite() && p.1.is_finite())) {
+    if let Some((index, &(x, y))) = points
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !(p.0.is_finite() && p.1.is_finite()))
+    {
         return Err(Error::BadPoint { index, x, y });
     }
     let (x0, x1) = padded_range(points.iter().map(|p| p.0), 0.01)
@@ -64,7 +68,10 @@ pub fn render_schedule_with(
     let y_min = points.iter().map(|p| p.1).fold(0.0, f64::min);
     let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max);
     let (y0, y1) = if y_max > y_min {
-        (y_min - (y_max - y_min) * 0.02 * f64::from(u8::from(y_min < 0.0)), y_max + (y_max - y_min) * 0.08)
+        (
+            y_min - (y_max - y_min) * 0.02 * f64::from(u8::from(y_min < 0.0)),
+            y_max + (y_max - y_min) * 0.08,
+        )
     } else {
         (0.0, 1.0)
     };
@@ -108,9 +115,13 @@ pub fn render_schedule_with(
             .axis_style(INK)
             .draw()
             .map_err(err)?;
-        chart.draw_series(LineSeries::new(points.iter().copied(), LR.stroke_width(2))).map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), LR.stroke_width(2)))
+            .map_err(err)?;
         if points.len() == 1 {
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, LR.filled()))).map_err(err)?;
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 4, LR.filled())))
+                .map_err(err)?;
         }
         Ok(())
     })

@@ -21,13 +21,14 @@ pub(crate) fn ema(values: &[f64], weight: f64) -> Vec<f64> {
 /// A range that holds every value with a margin of `pad` (a fraction of the
 /// span) on each side and never has zero width. `None` when there are no values.
 pub(crate) fn padded_range(values: impl IntoIterator<Item = f64>, pad: f64) -> Option<(f64, f64)> {
-    let (lo, hi) = values
-        .into_iter()
-        .filter(|v| v.is_finite())
-        .fold(None, |acc: Option<(f64, f64)>, v| match acc {
-            None => Some((v, v)),
-            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-        })?;
+    let (lo, hi) =
+        values
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .fold(None, |acc: Option<(f64, f64)>, v| match acc {
+                None => Some((v, v)),
+                Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+            })?;
     let span = hi - lo;
     if span <= f64::EPSILON * hi.abs().max(1.0) {
         let half = (hi.abs() * 0.1).max(0.5);

@@ -8,10 +8,17 @@ fn fixture() -> PathBuf {
 
 #[test]
 fn reads_the_fixture_log() {
-    let log = read_log(&fixture()).unwrap();
+    let log = read_log(fixture()).unwrap();
     assert_eq!(log.records.len(), 182);
-    assert_eq!(log.records.iter().filter(|r| r.eval_loss.is_some()).count(), 6);
-    let names: Vec<&str> = log.records.iter().filter_map(|r| r.checkpoint.as_deref()).collect();
+    assert_eq!(
+        log.records.iter().filter(|r| r.eval_loss.is_some()).count(),
+        6
+    );
+    let names: Vec<&str> = log
+        .records
+        .iter()
+        .filter_map(|r| r.checkpoint.as_deref())
+        .collect();
     assert_eq!(
         names,
         [
@@ -40,7 +47,7 @@ fn a_bad_line_names_the_file_and_line() {
     let msg = err.to_string();
     assert!(msg.contains("training_log.jsonl, line 183"), "{msg}");
 
-    let err = read_log(&dir.join("missing.jsonl")).unwrap_err().to_string();
+    let err = read_log(dir.join("missing.jsonl")).unwrap_err().to_string();
     assert!(err.contains("missing.jsonl"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

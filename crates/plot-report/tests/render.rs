@@ -64,14 +64,20 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn fixture_log() -> RunLog {
-    read_log(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/training_log.jsonl")).unwrap()
+    read_log(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/training_log.jsonl"))
+        .unwrap()
 }
 
 #[test]
 fn training_graph_has_its_size_and_every_series() {
     let dir = temp_dir("graph");
     let path = dir.join("training_graph.png");
-    render(&fixture_log(), &path, &GraphOptions::with_title("fixture LR and Loss vs Epoch")).unwrap();
+    render(
+        &fixture_log(),
+        &path,
+        &GraphOptions::with_title("fixture LR and Loss vs Epoch"),
+    )
+    .unwrap();
     let img = Image::decode(&path);
     assert_eq!((img.width, img.height), (1000, 600));
     for (name, colour, at_least) in [
@@ -82,7 +88,10 @@ fn training_graph_has_its_size_and_every_series() {
         ("checkpoints", CHECKPOINT, 5 * 60),
     ] {
         let n = img.count_in_plot_area(colour);
-        assert!(n >= at_least, "{name}: {n} pixels of {colour:?}, expected at least {at_least}");
+        assert!(
+            n >= at_least,
+            "{name}: {n} pixels of {colour:?}, expected at least {at_least}"
+        );
     }
     // Only the PNG is left: the temporary file was renamed.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
@@ -98,10 +107,19 @@ fn absent_series_leave_no_pixels_and_size_is_honoured() {
             .records
             .into_iter()
             .filter(|r| r.loss.is_some())
-            .map(|r| LogRecord { eval_loss: None, checkpoint: None, ..r })
+            .map(|r| LogRecord {
+                eval_loss: None,
+                checkpoint: None,
+                ..r
+            })
             .collect::<Vec<_>>(),
     );
-    let opts = GraphOptions { width: 640, height: 400, smoothing: 0.0, ..GraphOptions::default() };
+    let opts = GraphOptions {
+        width: 640,
+        height: 400,
+        smoothing: 0.0,
+        ..GraphOptions::default()
+    };
     render(&log, &path, &opts).unwrap();
     let img = Image::decode(&path);
     assert_eq!((img.width, img.height), (640, 400));
@@ -117,7 +135,9 @@ fn absent_series_leave_no_pixels_and_size_is_honoured() {
 fn schedule_preview_draws_only_the_lr_curve() {
     let dir = temp_dir("schedule");
     let path = dir.join("schedule.png");
-    let points: Vec<(f64, f64)> = (0..=50).map(|s| (f64::from(s), 1.0 - f64::from(s) / 50.0)).collect();
+    let points: Vec<(f64, f64)> = (0..=50)
+        .map(|s| (f64::from(s), 1.0 - f64::from(s) / 50.0))
+        .collect();
     render_schedule(&points, "linear, 50 steps", &path).unwrap();
     let img = Image::decode(&path);
     assert_eq!((img.width, img.height), (1000, 600));
@@ -125,9 +145,17 @@ fn schedule_preview_draws_only_the_lr_curve() {
     for colour in [LOSS_RAW, LOSS_SMOOTH, EVAL, CHECKPOINT] {
         assert_eq!(img.count_in_plot_area(colour), 0, "{colour:?}");
     }
-    let opts = ScheduleOptions { x_label: "epoch".into(), width: 800, height: 320, ..Default::default() };
+    let opts = ScheduleOptions {
+        x_label: "epoch".into(),
+        width: 800,
+        height: 320,
+        ..Default::default()
+    };
     render_schedule_with(&[(0.0, 0.5)], &opts, &path).unwrap();
-    assert_eq!((Image::decode(&path).width, Image::decode(&path).height), (800, 320));
+    assert_eq!(
+        (Image::decode(&path).width, Image::decode(&path).height),
+        (800, 320)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -135,22 +163,53 @@ fn schedule_preview_draws_only_the_lr_curve() {
 fn bad_input_is_an_error_and_leaves_no_file() {
     let dir = temp_dir("errors");
     let path = dir.join("out.png");
-    let only_steps = RunLog::from(vec![LogRecord { step: 1, epoch: 0.1, ..Default::default() }]);
+    let only_steps = RunLog::from(vec![LogRecord {
+        step: 1,
+        epoch: 0.1,
+        ..Default::default()
+    }]);
     let cases: Vec<(Result<(), Error>, &str)> = vec![
-        (render(&RunLog::default(), &path, &GraphOptions::default()), "nothing to plot"),
-        (render(&only_steps, &path, &GraphOptions::default()), "nothing to plot"),
         (
-            render(&fixture_log(), &path, &GraphOptions { smoothing: 1.0, ..Default::default() }),
+            render(&RunLog::default(), &path, &GraphOptions::default()),
+            "nothing to plot",
+        ),
+        (
+            render(&only_steps, &path, &GraphOptions::default()),
+            "nothing to plot",
+        ),
+        (
+            render(
+                &fixture_log(),
+                &path,
+                &GraphOptions {
+                    smoothing: 1.0,
+                    ..Default::default()
+                },
+            ),
             "smoothing",
         ),
         (
-            render(&fixture_log(), &path, &GraphOptions { width: 10, ..Default::default() }),
+            render(
+                &fixture_log(),
+                &path,
+                &GraphOptions {
+                    width: 10,
+                    ..Default::default()
+                },
+            ),
             "width",
         ),
         (render_schedule(&[], "t", &path), "no points"),
-        (render_schedule(&[(0.0, 1.0), (1.0, f64::NAN)], "t", &path), "point 1"),
         (
-            render(&fixture_log(), &dir.join("no-such-dir/out.png"), &GraphOptions::default()),
+            render_schedule(&[(0.0, 1.0), (1.0, f64::NAN)], "t", &path),
+            "point 1",
+        ),
+        (
+            render(
+                &fixture_log(),
+                &dir.join("no-such-dir/out.png"),
+                &GraphOptions::default(),
+            ),
             "no-such-dir",
         ),
     ];
@@ -178,5 +237,25 @@ fn a_one_record_log_renders() {
     // A single point draws no line, so it is marked with a dot.
     assert!(img.count_in_plot_area(LOSS_RAW) > 20);
     assert!(img.count_in_plot_area(LR) > 20);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn many_checkpoints_get_markers_but_no_guide_lines() {
+    let dir = temp_dir("many");
+    let path = dir.join("many.png");
+    let records: Vec<LogRecord> = fixture_log()
+        .records
+        .into_iter()
+        .filter(|r| r.loss.is_some())
+        .map(|r| LogRecord {
+            checkpoint: (r.step % 2 == 0).then(|| format!("checkpoint-{}", r.step)),
+            ..r
+        })
+        .collect();
+    render(&RunLog::from(records), &path, &GraphOptions::default()).unwrap();
+    let n = Image::decode(&path).count_in_plot_area(CHECKPOINT);
+    // 90 triangles (overlapping) show; 90 full-height dashed lines (~200 px each) would not fit this bound.
+    assert!(n > 200 && n < 90 * 100, "{n}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

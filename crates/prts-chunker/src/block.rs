@@ -24,7 +24,9 @@ pub struct Block {
     pub text: String,
     /// Tokens as trained: the text's tokens plus BOS/EOS as flagged.
     pub tokens: usize,
-    /// Byte ranges in the input text whose concatenation is `text` (today always one range).
+    /// Byte ranges in the text given to [`chunk`](crate::chunk) (for files: the text
+    /// [`read_text`](crate::read_text) returned) whose concatenation is `text`; today always
+    /// exactly one range.
     pub ranges: Vec<Range<usize>>,
     /// Main, overlap or window block.
     pub kind: BlockKind,

@@ -30,7 +30,13 @@ pub fn chunk(
             let main = packer.main_blocks();
             cfg.check_cancel()?;
             let overlap = if cfg.overlap {
-                packer.overlap_blocks(&main)
+                // Only main blocks that are kept host an overlap block.
+                let kept: Vec<Span> = main
+                    .iter()
+                    .filter(|s| text[packer.range(s.first, s.last)].chars().count() > cfg.min_chars)
+                    .copied()
+                    .collect();
+                packer.overlap_blocks(&kept)
             } else {
                 Vec::new()
             };
@@ -102,6 +108,44 @@ mod tests {
     impl TokenCounter for Lumpy {
         fn count(&self, text: &str) -> usize {
             text.split_whitespace().count() + text.len() / 16
+        }
+    }
+
+    /// A Llama-3-like counter: one token per run of non-whitespace (punctuation-ending runs
+    /// take the line breaks after them, like ` ?[^\s\p{L}\p{N}]+[\r\n]*`), per run of line
+    /// breaks, and per run of other whitespace.
+    struct Glue;
+    impl TokenCounter for Glue {
+        fn count(&self, text: &str) -> usize {
+            let b = text.as_bytes();
+            let (mut i, mut n) = (0, 0);
+            let nl = |c: u8| c == b'\r' || c == b'\n';
+            while i < b.len() {
+                let start = i;
+                if !b[i].is_ascii_whitespace() {
+                    while i < b.len() && !b[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    if !b[i - 1].is_ascii_alphanumeric() {
+                        while i < b.len() && nl(b[i]) {
+                            i += 1;
+                        }
+                    }
+                } else if nl(b[i]) {
+                    while i < b.len() && nl(b[i]) {
+                        i += 1;
+                    }
+                } else {
+                    while i < b.len() && b[i].is_ascii_whitespace() && !nl(b[i]) {
+                        i += 1;
+                    }
+                }
+                n += usize::from(i > start);
+            }
+            n
+        }
+        fn additivity(&self) -> crate::Additivity {
+            crate::Additivity::PunctuationTakesLineBreaks
         }
     }
 
@@ -223,17 +267,19 @@ mod tests {
         proptest::collection::vec(
             prop_oneof![
                 6 => "[A-Za-z]{1,7}",
-                3 => Just(" ".to_owned()),
+                2 => "[A-Z][a-z]{0,6}",
+                4 => Just(" ".to_owned()),
+                2 => Just(". ".to_owned()),
                 1 => "[.!?]",
-                1 => Just(". ".to_owned()),
                 1 => Just("\n".to_owned()),
                 1 => Just("\n\n\n".to_owned()),
                 1 => Just("|".to_owned()),
                 1 => "[。？é]",
                 1 => Just("Mr. ".to_owned()),
                 1 => Just("3.14 ".to_owned()),
+                1 => "[a-z]{20,90}",
             ],
-            0..120,
+            0..250,
         )
         .prop_map(|v| v.concat())
     }
@@ -250,7 +296,7 @@ mod tests {
                 Just(EosPlacement::None)
             ],
             any::<bool>(),
-            prop_oneof![3 => Just(0usize), 1 => 0usize..12],
+            prop_oneof![3 => Just(0usize), 1 => 0usize..12, 1 => 0usize..60],
         )
             .prop_map(|(cutoff, hc, overlap, mode, eos, bos, min_chars)| {
                 ChunkConfig::new(cutoff)
@@ -272,8 +318,53 @@ mod tests {
         }
 
         #[test]
+        fn invariants_line_break_counter(text in text_strategy(), cfg in cfg_strategy()) {
+            check(&text, &cfg, &Glue)?;
+        }
+
+        #[test]
         fn invariants_non_additive_counter(text in text_strategy(), cfg in cfg_strategy()) {
             check(&text, &cfg, &Lumpy)?;
+        }
+    }
+
+    #[test]
+    fn underestimated_blocks_are_shrunk_until_they_fit() {
+        // Lumpy counts "Abcdefghi." as 1 token alone and with its space, but ten of them
+        // joined as 10 + 109 / 16 = 16: the planned blocks are over and must shrink.
+        let text = "Abcdefghi. ".repeat(40);
+        let cfg = ChunkConfig::new(10)
+            .with_eos(EosPlacement::None)
+            .with_overlap(true);
+        let out = chunk(&text, &cfg, &Lumpy).unwrap();
+        assert!(out.summary.recounted_blocks > 0);
+        for b in &out.blocks {
+            assert_eq!(b.tokens, Lumpy.count(&b.text));
+            assert!(b.tokens <= 10, "{b:?}");
+        }
+        let main: String = out
+            .blocks
+            .iter()
+            .filter(|b| b.kind == BlockKind::Main)
+            .map(|b| format!("{} ", b.text))
+            .collect();
+        assert_eq!(
+            main, text,
+            "the repaired blocks still cover the text in order"
+        );
+    }
+
+    #[test]
+    fn line_break_counter_takes_the_exact_fast_path() {
+        let text = "One two. Three four.\nFive six! Seven,\nEight.\r\n\n  Nine ten. End\n";
+        let cfg = ChunkConfig::new(10)
+            .with_eos(EosPlacement::None)
+            .with_overlap(true);
+        let out = chunk(text, &cfg, &Glue).unwrap();
+        assert_eq!(out.summary.recounted_blocks, 0);
+        assert!(out.blocks.len() > 2);
+        for b in &out.blocks {
+            assert_eq!(b.tokens, Glue.count(&b.text), "{b:?}");
         }
     }
 

@@ -131,8 +131,7 @@ impl ChunkConfig {
     ///
     /// # Errors
     /// [`ChunkError::Config`] when the cutoff leaves fewer than [`MIN_TEXT_TOKENS`] text tokens
-    /// after BOS/EOS, exceeds [`MAX_CUTOFF`], or the hard cut is only whitespace-free of content
-    /// in a way that cannot be found (never: any non-empty string is accepted).
+    /// after the BOS/EOS tokens the settings may add, or exceeds [`MAX_CUTOFF`].
     pub fn validate(&self) -> Result<(), ChunkError> {
         let specials = usize::from(self.bos) + usize::from(self.eos != EosPlacement::None);
         if self.cutoff > MAX_CUTOFF {

@@ -45,6 +45,7 @@ mod units;
 pub use block::{Block, BlockKind, Chunks, Summary};
 pub use chunk::chunk;
 pub use config::{unescape_hard_cut, ChunkConfig, EosPlacement, Mode, MAX_CUTOFF, MIN_TEXT_TOKENS};
-pub use counter::{TokenCounter, WhitespaceCounter};
+pub use counter::{Additivity, TokenCounter, WhitespaceCounter};
 pub use error::ChunkError;
 pub use input::read_text;
+pub use sentences::sentence_ranges;

@@ -81,9 +81,12 @@ impl<'a, C: TokenCounter + Sync> Packer<'a, C> {
 
     /// Estimated text tokens of units `i..=j` (exact when [`Self::exact`]).
     fn estimate(&self, i: usize, j: usize) -> usize {
+        let (with_tail, without) = self.unit(j).tail;
         self.unit(i)
             .c0
             .saturating_add(self.c1_sum[j + 1].saturating_sub(self.c1_sum[i + 1]))
+            .saturating_add(without)
+            .saturating_sub(with_tail)
     }
 
     fn exact(&self, i: usize, j: usize) -> bool {
@@ -115,7 +118,7 @@ impl<'a, C: TokenCounter + Sync> Packer<'a, C> {
                 recounted = true;
                 self.counter.count(&self.text[self.range(i, j)])
             };
-            // A unit alone always fits (`c0` is exact and within the smallest limit).
+            // A unit alone always fits (its size is exact and within the smallest limit).
             if tokens <= self.limit(j) || j == i {
                 return Span {
                     first: i,

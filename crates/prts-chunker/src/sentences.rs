@@ -3,9 +3,9 @@
 //! A sentence owns its *leading* whitespace: boundaries sit right after the end of a sentence
 //! (terminator plus closing quotes), before the whitespace that follows it. Counts then add up
 //! across boundaries for GPT-2-style tokenizers, where a pre-token never joins a non-space
-//! character to a following space (see [`TokenCounter::additive_at_whitespace`]).
+//! character to a following space (see [`Additivity`]).
 //!
-//! [`TokenCounter::additive_at_whitespace`]: crate::TokenCounter::additive_at_whitespace
+//! [`Additivity`]: crate::Additivity
 
 use std::ops::Range;
 
@@ -46,6 +46,25 @@ pub(crate) struct Sentence {
     pub start: usize,
     /// The sentence without leading and trailing whitespace (never empty).
     pub core: Range<usize>,
+}
+
+/// Byte ranges of the sentences of `text` as the chunker counts them: each starts with the
+/// whitespace before it and ends at its last non-whitespace character. Hard-cut markers
+/// (`hard_cut`, already unescaped; empty = none) and whitespace at the end of a section belong
+/// to no sentence. Useful for previews and for benchmarking a tokenizer on the same pieces.
+///
+/// ```
+/// let t = "Hi there. Bye.\n\n\nNext.";
+/// let s: Vec<&str> = prts_chunker::sentence_ranges(t, "\n\n\n").into_iter().map(|r| &t[r]).collect();
+/// assert_eq!(s, ["Hi there.", " Bye.", "Next."]);
+/// ```
+#[must_use]
+pub fn sentence_ranges(text: &str, hard_cut: &str) -> Vec<Range<usize>> {
+    sections(text, hard_cut)
+        .into_iter()
+        .flat_map(|sec| split(text, sec.range))
+        .map(|s| s.start..s.core.end)
+        .collect()
 }
 
 const ABBREVIATIONS: &[&str] = &[

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use unicode_segmentation::UnicodeSegmentation;
 
 use crate::sentences::{self, Section, Sentence};
-use crate::{ChunkConfig, ChunkError, TokenCounter};
+use crate::{Additivity, ChunkConfig, ChunkError, TokenCounter};
 
 /// A packable unit of text: a sentence, or a piece of a sentence too long for one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,14 +16,20 @@ pub(crate) struct Unit {
     pub start: usize,
     /// The unit without surrounding whitespace.
     pub core: Range<usize>,
+    /// End of the unit: `core.end`, plus the line breaks right after it for
+    /// [`Additivity::PunctuationTakesLineBreaks`] (moved from the next unit's whitespace).
+    pub end: usize,
     /// Index of its hard-cut section.
     pub section: usize,
-    /// Tokens of `core` alone: its size as the first unit of a block (exact).
+    /// Tokens of `core.start..end`: its size as the first unit of a block.
     pub c0: usize,
-    /// Tokens of `start..core.end`: its size after a previous unit (exact when `joins`).
+    /// Tokens of `start..end`: its size after a previous unit (exact when `joins`).
     pub c1: usize,
-    /// `count(prev + this) == count(prev) + c1` is guaranteed (additive counter and a
-    /// whitespace boundary). Otherwise blocks containing this join are re-encoded.
+    /// For a unit with line breaks after its core: tokens of its last word with and without
+    /// them. A block ending with this unit (trimmed) has `.. + tail.1 - tail.0` tokens.
+    pub tail: (usize, usize),
+    /// `count(prev + this) == count(prev) + c1` is guaranteed by the counter's
+    /// [`Additivity`]. Otherwise blocks containing this join are re-encoded.
     pub joins: bool,
 }
 
@@ -40,46 +46,61 @@ pub(crate) struct Units {
     pub chars_dropped: usize,
 }
 
+/// A sentence with its section and end (see [`Unit::end`]).
+#[derive(Debug, Clone)]
+struct Sent {
+    section: usize,
+    start: usize,
+    core: Range<usize>,
+    end: usize,
+}
+
 /// Parallel work is handed to rayon in batches of this many sentences.
 const BATCH: usize = 64;
 
-/// Splits and counts. Every sentence is encoded once (plus two tiny encodes of its first word
-/// on the additive path, memoised); only over-long sentences are encoded more.
+/// Splits and counts. Every sentence is encoded once (plus a few tiny encodes of its first
+/// and last words on the additive paths, each distinct string once); only over-long
+/// sentences are encoded more.
 pub(crate) fn build(
     text: &str,
     cfg: &ChunkConfig,
     counter: &(impl TokenCounter + Sync),
 ) -> Result<Units, ChunkError> {
+    let additivity = counter.additivity();
     let sections = sentences::sections(text, &cfg.hard_cut);
-    let mut sents: Vec<(usize, Sentence)> = Vec::new();
+    let mut sents: Vec<Sent> = Vec::new();
     for (k, sec) in sections.iter().enumerate() {
         sents.extend(
             sentences::split(text, sec.range.clone())
                 .into_iter()
-                .map(|s| (k, s)),
+                .map(|s| sent(k, s)),
         );
     }
-    cfg.check_cancel()?;
-    let additive = counter.additive_at_whitespace();
-    let counts: Vec<Option<(usize, usize)>> = sents
-        .par_iter()
-        .with_min_len(BATCH)
-        .map_init(HashMap::new, |cache, (_, s)| {
-            if cfg.check_cancel().is_err() {
-                return None;
+    if additivity.moves_line_breaks() {
+        // The line breaks after a sentence join its last piece (`.\n`): end it after them.
+        for k in 1..sents.len() {
+            if sents[k].section == sents[k - 1].section {
+                let start = sents[k].start;
+                let run = text[start..sents[k].core.start]
+                    .bytes()
+                    .take_while(|b| matches!(b, b'\r' | b'\n'))
+                    .count();
+                sents[k - 1].end = start + run;
+                sents[k].start = start + run;
             }
-            Some(count_pair(text, s, counter, additive, cache))
-        })
-        .collect();
+        }
+    }
+    cfg.check_cancel()?;
+    let counts = count_sentences(text, &sents, cfg, counter, additivity);
     cfg.check_cancel()?;
     // A unit alone must fit with BOS and (at worst) EOS.
     let budget = cfg.cutoff - cfg.specials(cfg.eos != crate::EosPlacement::None);
     let mut pieces: Vec<Option<Split>> = sents
         .par_iter()
         .zip(&counts)
-        .map(|((_, s), c)| {
-            let (c0, _) = c.unwrap_or_default();
-            (c0 > budget).then(|| split_long(text, s, budget, counter, additive))
+        .map(|(s, c)| {
+            let alone = c.c0.saturating_add(c.tail.1).saturating_sub(c.tail.0);
+            (alone > budget).then(|| split_long(text, s, budget, counter))
         })
         .collect();
     let mut out = Units {
@@ -94,59 +115,180 @@ pub(crate) fn build(
     let mut next = 0;
     for k in 0..out.sections.len() {
         let first = out.units.len();
-        while next < sents.len() && sents[next].0 == k {
-            let s = &sents[next].1;
+        while next < sents.len() && sents[next].section == k {
+            let s = &sents[next];
             if let Some(split) = pieces[next].take() {
                 out.pieces_split += 1;
                 out.pieces_dropped += split.dropped;
                 out.chars_dropped += split.chars_dropped;
-                out.units
-                    .extend(split.units.into_iter().map(|u| Unit { section: k, ..u }));
+                out.units.extend(split.units);
             } else {
-                let (c0, c1) = counts[next].unwrap_or_default();
+                let c = &counts[next];
                 out.units.push(Unit {
                     start: s.start,
                     core: s.core.clone(),
+                    end: s.end,
                     section: k,
-                    c0,
-                    c1,
-                    joins: additive && s.start < s.core.start,
+                    c0: c.c0,
+                    c1: c.c1,
+                    tail: c.tail,
+                    joins: false,
                 });
             }
             next += 1;
         }
         out.section_units.push(first..out.units.len());
     }
+    for i in 1..out.units.len() {
+        let (prev, unit) = (&out.units[i - 1], &out.units[i]);
+        let joins = prev.section == unit.section
+            && prev.end == unit.start
+            && match (
+                text[..unit.start].chars().next_back(),
+                text[unit.start..].chars().next(),
+            ) {
+                (Some(l), Some(r)) => additivity.joins(l, r, prev.end > prev.core.end),
+                _ => false,
+            };
+        out.units[i].joins = joins;
+    }
     Ok(out)
 }
 
-/// `(c0, c1)` of a sentence: tokens of its core alone, and with its leading whitespace.
-fn count_pair<'t>(
-    text: &'t str,
-    s: &Sentence,
-    counter: &impl TokenCounter,
-    additive: bool,
-    cache: &mut HashMap<&'t str, usize>,
-) -> (usize, usize) {
-    let core = &text[s.core.clone()];
-    if s.start == s.core.start {
-        let c = counter.count(core);
-        return (c, c);
+fn sent(section: usize, s: Sentence) -> Sent {
+    Sent {
+        section,
+        start: s.start,
+        end: s.core.end,
+        core: s.core,
     }
-    let c1 = counter.count(&text[s.start..s.core.end]);
-    let word_end = core.find(char::is_whitespace).unwrap_or(core.len());
-    if !additive || word_end == core.len() {
-        return (counter.count(core), c1);
+}
+
+/// Token counts of one sentence (see [`Unit`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    c0: usize,
+    c1: usize,
+    tail: (usize, usize),
+}
+
+/// How `c0` of a sentence is obtained on the additive path.
+#[derive(Debug, Clone, Copy)]
+enum C0 {
+    /// No leading whitespace: `c0 == c1`.
+    SameAsC1,
+    /// `c1 - count(lead + w1) + count(w1)` (indices into the short strings).
+    FirstWord(usize, usize),
+    /// Counted directly (index into the short strings).
+    Direct(usize),
+}
+
+/// Counts of every sentence.
+///
+/// Additive counters: `c1` needs one encode per sentence, and
+/// `c0 = c1 - count(lead + w1) + count(w1)` where `w1` is the first word, because
+/// `count(lead + w1 + rest) = count(lead + w1) + count(rest)` and
+/// `count(w1 + rest) = count(w1) + count(rest)` when the join before `rest` is additive. The
+/// tail correction likewise only encodes the last word with and without its line breaks.
+/// These short strings repeat a lot ("And", " The"), so each distinct one is encoded once.
+/// Other counters: two encodes per sentence.
+fn count_sentences(
+    text: &str,
+    sents: &[Sent],
+    cfg: &ChunkConfig,
+    counter: &(impl TokenCounter + Sync),
+    additivity: Additivity,
+) -> Vec<Counts> {
+    let count = |t: &str| {
+        if cfg.check_cancel().is_err() {
+            0 // the caller checks the flag again and returns `Cancelled`
+        } else {
+            counter.count(t)
+        }
+    };
+    if additivity == Additivity::None {
+        return sents
+            .par_iter()
+            .with_min_len(BATCH)
+            .map(|s| {
+                let c0 = count(&text[s.core.clone()]);
+                let c1 = if s.start < s.core.start {
+                    count(&text[s.start..s.end])
+                } else {
+                    c0
+                };
+                Counts {
+                    c0,
+                    c1,
+                    tail: (0, 0),
+                }
+            })
+            .collect();
     }
-    // count(lead + w1 + rest) = count(lead + w1) + count(rest) and
-    // count(w1 + rest) = count(w1) + count(rest), as `rest` starts with whitespace.
-    let mut memo = |t: &'t str| *cache.entry(t).or_insert_with(|| counter.count(t));
-    let with_lead = memo(&text[s.start..s.core.start + word_end]);
-    let alone = memo(&core[..word_end]);
-    let c0 = (c1.saturating_add(alone))
-        .checked_sub(with_lead)
-        .unwrap_or_else(|| counter.count(core));
-    (c0, c1)
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut small: Vec<&str> = Vec::new();
+    let mut keys: Vec<(C0, Option<(usize, usize)>)> = Vec::with_capacity(sents.len());
+    let joins_at = |s: &str, at: usize| match (s[..at].chars().next_back(), s[at..].chars().next())
+    {
+        (Some(l), Some(r)) => additivity.joins(l, r, false),
+        _ => false,
+    };
+    for s in sents {
+        let core = &text[s.core.clone()];
+        let mut intern = |t| {
+            *index.entry(t).or_insert_with(|| {
+                small.push(t);
+                small.len() - 1
+            })
+        };
+        let c0 = match core.find(char::is_whitespace) {
+            _ if s.start == s.core.start => C0::SameAsC1,
+            Some(w) if joins_at(core, w) => {
+                C0::FirstWord(intern(&text[s.start..s.core.start + w]), intern(&core[..w]))
+            }
+            _ => C0::Direct(intern(&text[s.core.start..s.end])),
+        };
+        let tail = (s.end > s.core.end).then(|| {
+            // The last word with its line breaks, from the whitespace before it.
+            let before = core
+                .trim_end_matches(|c: char| !c.is_whitespace())
+                .trim_end()
+                .len();
+            let from = if before > 0 && joins_at(core, before) {
+                s.core.start + before
+            } else {
+                s.core.start
+            };
+            (intern(&text[from..s.end]), intern(&text[from..s.core.end]))
+        });
+        keys.push((c0, tail));
+    }
+    let full: Vec<usize> = sents
+        .par_iter()
+        .with_min_len(BATCH)
+        .map(|s| count(&text[s.start..s.end]))
+        .collect();
+    let small: Vec<usize> = small
+        .par_iter()
+        .with_min_len(BATCH)
+        .map(|t| count(t))
+        .collect();
+    sents
+        .iter()
+        .zip(full)
+        .zip(keys)
+        .map(|((s, c1), (c0, tail))| {
+            let c0 = match c0 {
+                C0::SameAsC1 => c1,
+                C0::Direct(i) => small[i],
+                C0::FirstWord(with_lead, alone) => (c1.saturating_add(small[alone]))
+                    .checked_sub(small[with_lead])
+                    .unwrap_or_else(|| count(&text[s.core.start..s.end])),
+            };
+            let tail = tail.map_or((0, 0), |(with, without)| (small[with], small[without]));
+            Counts { c0, c1, tail }
+        })
+        .collect()
 }
 
 /// An over-long sentence cut into pieces that fit.
@@ -162,13 +304,7 @@ struct Split {
 ///
 /// Candidate ends are searched by galloping within a window of `budget * WINDOW_BYTES_PER_TOKEN`
 /// bytes, so the cost grows with the piece, not with the sentence.
-fn split_long(
-    text: &str,
-    s: &Sentence,
-    budget: usize,
-    counter: &impl TokenCounter,
-    additive: bool,
-) -> Split {
+fn split_long(text: &str, s: &Sent, budget: usize, counter: &impl TokenCounter) -> Split {
     let mut out = Split {
         units: Vec::new(),
         dropped: 0,
@@ -214,19 +350,28 @@ fn split_long(
                 }
             }
         };
-        let c0 = counter.count(&text[cur..piece_end]);
+        // The last piece keeps the sentence's line breaks (see `Unit::end`).
+        let unit_end = if piece_end == end { s.end } else { piece_end };
+        let c0 = counter.count(&text[cur..unit_end]);
         let c1 = if lead < cur {
-            counter.count(&text[lead..piece_end])
+            counter.count(&text[lead..unit_end])
         } else {
             c0
+        };
+        let tail = if unit_end > piece_end {
+            (c0, counter.count(&text[cur..piece_end]))
+        } else {
+            (0, 0)
         };
         out.units.push(Unit {
             start: lead,
             core: cur..piece_end,
-            section: 0,
+            end: unit_end,
+            section: s.section,
             c0,
             c1,
-            joins: additive && lead < cur,
+            tail,
+            joins: false,
         });
         lead = piece_end;
         cur = text[piece_end..end]
@@ -330,7 +475,7 @@ mod tests {
             for unit in &u.units {
                 prop_assert!(unit.c0 <= cutoff);
                 prop_assert_eq!(unit.c0, WhitespaceCounter.count(&text[unit.core.clone()]));
-                prop_assert_eq!(unit.c1, WhitespaceCounter.count(&text[unit.start..unit.core.end]));
+                prop_assert_eq!(unit.c1, WhitespaceCounter.count(&text[unit.start..unit.end]));
                 prop_assert!(text[pos..unit.core.start].trim().is_empty());
                 pos = unit.core.end;
             }

@@ -234,6 +234,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<Schedule>(&json).unwrap(), s);
         let fp: Schedule = serde_json::from_str(r#"{"name":"FP_3epoch_raise_hold_fall"}"#).unwrap();
         assert_eq!(fp, Schedule::FpRaiseHoldFall);
+        let typo = r#"{"name":"cosine","num_cycle":0.5}"#;
+        assert!(serde_json::from_str::<Schedule>(typo)
+            .unwrap_err()
+            .to_string()
+            .contains("num_cycle"));
     }
 
     #[test]

@@ -154,15 +154,33 @@ pub fn blocks_jsonl(blocks: &[Block]) -> Result<String> {
 pub fn summary_text(chunks: &Chunks, bytes: usize, cutoff: usize) -> String {
     let s = &chunks.summary;
     let mut out = String::new();
-    let _ = writeln!(out, "input:          {bytes} bytes, {} sentences", s.sentences);
     let _ = writeln!(
         out,
-        "blocks:         {} ({} overlap/window blocks)",
-        s.blocks, s.overlap_blocks
+        "input:          {bytes} bytes, {} sentences",
+        s.sentences
     );
-    let _ = writeln!(out, "tokens:         {} (as trained, BOS/EOS included)", s.tokens);
-    let _ = writeln!(out, "longest block:  {} tokens (cutoff {cutoff})", s.longest_block);
-    let _ = writeln!(out, "pieces split:   {} (sentences longer than the cutoff)", s.pieces_split);
+    let _ = writeln!(
+        out,
+        "blocks:         {} ({} main/window + {} overlap)",
+        chunks.blocks.len(),
+        s.blocks,
+        s.overlap_blocks
+    );
+    let _ = writeln!(
+        out,
+        "tokens:         {} (as trained, BOS/EOS included)",
+        s.tokens
+    );
+    let _ = writeln!(
+        out,
+        "longest block:  {} tokens (cutoff {cutoff})",
+        s.longest_block
+    );
+    let _ = writeln!(
+        out,
+        "pieces split:   {} (sentences longer than the cutoff)",
+        s.pieces_split
+    );
     let _ = write!(
         out,
         "pieces dropped: {} ({} chars, under --min-chars)",

@@ -5,7 +5,18 @@
 //! (`error: ...`) and exit code 2; an interrupted training run exits 130.
 
 mod chunk;
+mod control;
+mod data;
+mod eval;
 mod fsutil;
+mod model_files;
+mod output;
+mod plot;
+mod progress;
+mod schedule;
+mod session;
+mod settings;
+mod train;
 
 use std::process::ExitCode;
 
@@ -23,12 +34,33 @@ struct Cli {
 enum Command {
     /// Slice raw text into sentence-aligned training blocks (PRTS / DEMENTOR).
     Chunk(chunk::ChunkArgs),
+    /// Print a learning-rate schedule's multipliers as JSON (and draw it with --png).
+    Schedule(schedule::ScheduleArgs),
+    /// Re-render the training graph from a training_log.jsonl.
+    Plot(plot::PlotArgs),
+    /// Train a LoRA adapter on raw text.
+    Train(Box<train::TrainArgs>),
+    /// Send a live command to a running training (save-now, stop, set KEY=VALUE).
+    Control(control::ControlArgs),
+    /// Perplexity of a model (with an optional adapter) on a text, or dump its logits.
+    Eval(eval::EvalArgs),
+    /// Write a Hugging Face model folder from a GGUF file.
+    Convert(model_files::ConvertArgs),
+    /// Merge an adapter into the base weights and write a Hugging Face model folder.
+    Merge(model_files::MergeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Chunk(args) => chunk::run(&args),
+        Command::Schedule(args) => schedule::run(&args),
+        Command::Plot(args) => plot::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Control(args) => control::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Convert(args) => model_files::convert(&args),
+        Command::Merge(args) => model_files::merge(&args),
     };
     match result {
         Ok(code) => code,

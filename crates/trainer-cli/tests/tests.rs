@@ -1,1 +1,6 @@
-//! Integration tests for `trainer-cli`.
+//! Integration tests for `trainer-cli`: the binary as a user runs it.
+
+mod common;
+mod errors;
+mod real_model;
+mod tools;

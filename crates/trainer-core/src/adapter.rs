@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Tensor;
-use lora_targets::{lora_tensor_key, parse_lora_tensor_key, saved_module_key, AdapterConfig, LoraPart, LoraSettings};
+use lora_targets::{
+    lora_tensor_key, parse_lora_tensor_key, saved_module_key, AdapterConfig, LoraPart, LoraSettings,
+};
 
 use crate::error::{Error, Result};
+use crate::io;
 use crate::lora::{module_index, module_path, parse_module_path, LoraPair, LoraWeights, MODULES};
 use crate::model::Model;
 use crate::rng::Rng;
-use crate::io;
 
 /// The file names PEFT uses.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
@@ -32,8 +34,12 @@ pub struct Adapter {
 /// `[out, in]` of each module of `model`.
 fn module_shapes(model: &Model) -> [[usize; 2]; 7] {
     let c = model.config();
-    let (h, q, kv, i) =
-        (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size);
+    let (h, q, kv, i) = (
+        c.hidden_size,
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+        c.intermediate_size,
+    );
     [[q, h], [kv, h], [kv, h], [h, q], [i, h], [i, h], [h, i]]
 }
 
@@ -102,7 +108,11 @@ impl Adapter {
         } else {
             None
         };
-        let embed_tokens = if save("embed_tokens") || save(EMBED) { Some(w.embed.copy()?) } else { None };
+        let embed_tokens = if save("embed_tokens") || save(EMBED) {
+            Some(w.embed.copy()?)
+        } else {
+            None
+        };
         Ok(Self {
             settings: settings.clone(),
             weights: LoraWeights {
@@ -121,11 +131,16 @@ impl Adapter {
         let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
         let settings = AdapterConfig::load(&cfg_path)?.to_settings()?;
         check_modules_to_save(&settings).map_err(|e| Error::adapter(&cfg_path, e.to_string()))?;
-        let on = targeted(&settings, model).map_err(|e| Error::adapter(&cfg_path, e.to_string()))?;
+        let on =
+            targeted(&settings, model).map_err(|e| Error::adapter(&cfg_path, e.to_string()))?;
         let st_path = dir.join(ADAPTER_WEIGHTS_FILE);
         if !st_path.is_file() {
             let bin = dir.join("adapter_model.bin");
-            let hint = if bin.is_file() { " (only safetensors is supported; adapter_model.bin was found)" } else { "" };
+            let hint = if bin.is_file() {
+                " (only safetensors is supported; adapter_model.bin was found)"
+            } else {
+                ""
+            };
             return Err(Error::adapter(&st_path, format!("file is missing{hint}")));
         }
         let tensors = io::load_safetensors(&st_path, model.device())?;
@@ -140,7 +155,11 @@ impl Adapter {
             let bad = |msg: String| Error::adapter(&st_path, format!("tensor `{key}`: {msg}"));
             if key == saved_module_key(LM_HEAD) || key == saved_module_key(EMBED) {
                 if t.dims() != [c.vocab_size, c.hidden_size] {
-                    return Err(bad(format!("shape {:?}, expected {:?}", t.dims(), [c.vocab_size, c.hidden_size])));
+                    return Err(bad(format!(
+                        "shape {:?}, expected {:?}",
+                        t.dims(),
+                        [c.vocab_size, c.hidden_size]
+                    )));
                 }
                 if key == saved_module_key(LM_HEAD) {
                     lm_head = Some(t);
@@ -152,7 +171,11 @@ impl Adapter {
             let (path, part) = parse_lora_tensor_key(&key).map_err(|e| bad(e.to_string()))?;
             let (l, m) = parse_module_path(&path)
                 .filter(|(l, _)| *l < n_layers)
-                .ok_or_else(|| bad(format!("module `{path}` does not exist in this model ({n_layers} layers)")))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "module `{path}` does not exist in this model ({n_layers} layers)"
+                    ))
+                })?;
             if !on[m] {
                 return Err(bad(format!(
                     "module `{}` is not in target_modules {:?}",
@@ -165,7 +188,10 @@ impl Adapter {
                 LoraPart::B => [out, r],
             };
             if t.dims() != expected {
-                return Err(bad(format!("shape {:?}, expected {expected:?} (r = {r})", t.dims())));
+                return Err(bad(format!(
+                    "shape {:?}, expected {expected:?} (r = {r})",
+                    t.dims()
+                )));
             }
             let slot = match part {
                 LoraPart::A => &mut a_parts[l][m],
@@ -184,10 +210,17 @@ impl Adapter {
                 match (a, b) {
                     (Some(a), Some(b)) => mods[m] = Some(LoraPair { a, b }),
                     (a, _) => {
-                        let part = if a.is_none() { LoraPart::A } else { LoraPart::B };
+                        let part = if a.is_none() {
+                            LoraPart::A
+                        } else {
+                            LoraPart::B
+                        };
                         return Err(Error::adapter(
                             &st_path,
-                            format!("tensor `{}` is missing", lora_tensor_key(&module_path(l, m), part)),
+                            format!(
+                                "tensor `{}` is missing",
+                                lora_tensor_key(&module_path(l, m), part)
+                            ),
                         ));
                     }
                 }
@@ -195,7 +228,9 @@ impl Adapter {
             layers.push(mods);
         }
         let wants = |name: &str| settings.modules_to_save.iter().any(|m| m == name);
-        if wants(LM_HEAD) != lm_head.is_some() || (wants("embed_tokens") || wants(EMBED)) != embed_tokens.is_some() {
+        if wants(LM_HEAD) != lm_head.is_some()
+            || (wants("embed_tokens") || wants(EMBED)) != embed_tokens.is_some()
+        {
             return Err(Error::adapter(
                 &st_path,
                 format!(
@@ -223,7 +258,8 @@ impl Adapter {
     pub fn save(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
         io::ensure_dir(dir)?;
         io::save_safetensors(&dir.join(ADAPTER_WEIGHTS_FILE), &self.named_tensors())?;
-        AdapterConfig::from_settings(&self.settings, base_model_name_or_path).save(&dir.join(ADAPTER_CONFIG_FILE))?;
+        AdapterConfig::from_settings(&self.settings, base_model_name_or_path)
+            .save(&dir.join(ADAPTER_CONFIG_FILE))?;
         Ok(())
     }
 

@@ -58,7 +58,12 @@ fn get_usize(v: &Value, key: &str, path: &Path) -> Result<usize> {
     v.get(key)
         .and_then(Value::as_u64)
         .map(|x| x as usize)
-        .ok_or_else(|| Error::model(path, format!("field `{key}` is missing or not a non-negative integer")))
+        .ok_or_else(|| {
+            Error::model(
+                path,
+                format!("field `{key}` is missing or not a non-negative integer"),
+            )
+        })
 }
 
 fn get_f64(v: &Value, key: &str) -> Option<f64> {
@@ -79,7 +84,10 @@ impl ModelConfig {
         if !SUPPORTED_TYPES.contains(&model_type.as_str()) {
             return Err(Error::model(
                 path,
-                format!("model_type `{model_type}` is not supported; supported: {}", SUPPORTED_TYPES.join(", ")),
+                format!(
+                    "model_type `{model_type}` is not supported; supported: {}",
+                    SUPPORTED_TYPES.join(", ")
+                ),
             ));
         }
         let hidden_size = get_usize(&v, "hidden_size", path)?;
@@ -97,10 +105,16 @@ impl ModelConfig {
         let rope_theta = get_f64(&v, "rope_theta")
             .or_else(|| rope_params.and_then(|p| get_f64(p, "rope_theta")))
             .unwrap_or(10_000.0);
-        let scaling_obj = v.get("rope_scaling").filter(|p| p.is_object()).or(rope_params);
+        let scaling_obj = v
+            .get("rope_scaling")
+            .filter(|p| p.is_object())
+            .or(rope_params);
         let rope_scaling = match scaling_obj {
             Some(s) => {
-                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
+                let kind = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(Value::as_str);
                 match kind {
                     None | Some("default") => None,
                     Some("llama3") => Some(RopeScaling {
@@ -137,7 +151,10 @@ impl ModelConfig {
                 .get("max_position_embeddings")
                 .and_then(Value::as_u64)
                 .unwrap_or(4096) as usize,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             attention_bias: v
                 .get("attention_bias")
                 .and_then(Value::as_bool)
@@ -174,7 +191,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(Error::model(path, format!("head_dim {} is odd; RoPE needs an even size", self.head_dim)));
+            return Err(Error::model(
+                path,
+                format!("head_dim {} is odd; RoPE needs an even size", self.head_dim),
+            ));
         }
         Ok(())
     }
@@ -224,7 +244,9 @@ impl ModelConfig {
         let base: Vec<f64> = (0..half)
             .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64))
             .collect();
-        let Some(s) = &self.rope_scaling else { return base };
+        let Some(s) = &self.rope_scaling else {
+            return base;
+        };
         let old = s.original_max_position_embeddings as f64;
         let low_wavelen = old / s.low_freq_factor;
         let high_wavelen = old / s.high_freq_factor;
@@ -236,7 +258,8 @@ impl ModelConfig {
                 } else if wavelen > low_wavelen {
                     f / s.factor
                 } else {
-                    let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth = (old / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * f / s.factor + smooth * f
                 }
             })
@@ -274,9 +297,15 @@ mod tests {
     fn rejects_unknown_type_and_bad_heads() {
         let p = Path::new("x/config.json");
         let e = ModelConfig::from_hf_json(&SMOL.replace("\"llama\"", "\"gpt2\""), p).unwrap_err();
-        assert!(e.to_string().contains("gpt2") && e.to_string().contains("qwen2"), "{e}");
-        let e = ModelConfig::from_hf_json(&SMOL.replace("\"num_key_value_heads\":3", "\"num_key_value_heads\":4"), p)
-            .unwrap_err();
+        assert!(
+            e.to_string().contains("gpt2") && e.to_string().contains("qwen2"),
+            "{e}"
+        );
+        let e = ModelConfig::from_hf_json(
+            &SMOL.replace("\"num_key_value_heads\":3", "\"num_key_value_heads\":4"),
+            p,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("num_key_value_heads"), "{e}");
     }
 

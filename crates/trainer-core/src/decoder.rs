@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::config::ModelConfig;
 use crate::lora::{LoraPair, LoraWeights};
-use crate::ops;
 use crate::rng::Rng;
+use crate::{fused, ops};
 
 /// Frozen weights of one decoder layer, `[out, in]` linear weights.
 #[derive(Debug, Clone)]
@@ -41,25 +41,66 @@ pub(crate) struct Noise<'a> {
 }
 
 impl Noise<'_> {
-    fn dropout(&mut self, x: &Tensor) -> Result<Tensor> {
+    /// A dropout mask for a tensor of shape `shape` (kept entries scaled by `1/(1-p)`), or `None` when p = 0.
+    fn dropout_mask(&mut self, x: &Tensor) -> Result<Option<Tensor>> {
         let p = self.lora_dropout;
         if p <= 0.0 {
-            return Ok(x.clone());
+            return Ok(None);
         }
         let keep = (1.0 / (1.0 - p)) as f32;
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if f64::from(self.rng.next_f32()) < p { 0.0 } else { keep })
+            .map(|_| {
+                if f64::from(self.rng.next_f32()) < p {
+                    0.0
+                } else {
+                    keep
+                }
+            })
             .collect();
-        x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+        Ok(Some(Tensor::from_vec(mask, x.shape(), x.device())?))
     }
 }
 
 pub(crate) struct Decoder<'a> {
     pub cfg: &'a ModelConfig,
     pub w: &'a Weights,
+    /// Use the fused CPU ops of `fused.rs` (same results, faster backward); else the composed ops.
+    pub fused: bool,
 }
 
 impl Decoder<'_> {
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if self.fused {
+            fused::linear(x, w, bias)
+        } else {
+            ops::linear(x, w, bias)
+        }
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            fused::rms_norm(x, w, self.cfg.rms_norm_eps)
+        } else {
+            ops::rms_norm(x, w, self.cfg.rms_norm_eps)
+        }
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            fused::rope(x, cos, sin)
+        } else {
+            ops::rope(x, cos, sin)
+        }
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            fused::softmax(x)
+        } else {
+            ops::softmax(x)
+        }
+    }
+
     fn rope_tables(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         let mut inv = self.cfg.inv_freq();
         if let Some(f) = &self.w.rope_freq_factors {
@@ -81,7 +122,10 @@ impl Decoder<'_> {
                 }
             }
         }
-        Ok((Tensor::from_vec(cos, (t, hd), device)?, Tensor::from_vec(sin, (t, hd), device)?))
+        Ok((
+            Tensor::from_vec(cos, (t, hd), device)?,
+            Tensor::from_vec(sin, (t, hd), device)?,
+        ))
     }
 
     fn proj(
@@ -97,15 +141,110 @@ impl Decoder<'_> {
             (Some(b), 0..=2) => Some(&b[m]),
             _ => None,
         };
+        let pair = lora.and_then(|lw| lw.layers[layer][m].as_ref().map(|p| (p, lw.scale)));
+        let Some((LoraPair { a, b }, scale)) = pair else {
+            return self.linear(x, &l.linears[m], bias);
+        };
+        let mask = match noise {
+            Some(n) => n.dropout_mask(x)?,
+            None => None,
+        };
+        if self.fused {
+            return fused::lora_linear(x, &l.linears[m], bias, a, b, scale, mask.as_ref());
+        }
         let y = ops::linear(x, &l.linears[m], bias)?;
-        let Some(lw) = lora else { return Ok(y) };
-        let Some(LoraPair { a, b }) = &lw.layers[layer][m] else { return Ok(y) };
-        let xin = match noise {
-            Some(n) => n.dropout(x)?,
+        let xin = match &mask {
+            Some(mk) => x.mul(mk)?,
             None => x.clone(),
         };
         let delta = ops::linear(&ops::linear(&xin, a, None)?, b, None)?;
-        y + (delta * lw.scale)?
+        y + (delta * scale)?
+    }
+
+    /// Embeddings `[B, T, H]` of token ids `[B, T]` (u32), with NEFTune noise when training asks for it.
+    pub(crate) fn embed(
+        &self,
+        ids: &Tensor,
+        lora: Option<&LoraWeights>,
+        noise: Option<&mut Noise>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let hsize = self.cfg.hidden_size;
+        let embed = lora
+            .and_then(|l| l.embed_tokens.as_ref())
+            .unwrap_or(&self.w.embed);
+        let x = embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, hsize))?;
+        match noise.and_then(|n| n.neftune_alpha.map(|a| (n, a))) {
+            Some((n, alpha)) => {
+                // NEFTune (transformers `neftune_post_forward_hook`): U(-mag, mag), mag = alpha / sqrt(T * H).
+                let mag = (alpha / ((t * hsize) as f64).sqrt()) as f32;
+                let noise_v = n.rng.uniform(x.elem_count(), -mag, mag);
+                let noise_t = Tensor::from_vec(noise_v, x.shape(), ids.device())?;
+                x + noise_t
+            }
+            None => Ok(x),
+        }
+    }
+
+    /// RoPE tables and the causal mask for sequences of length `t`.
+    pub(crate) fn tables(&self, t: usize, device: &Device) -> Result<Tables> {
+        let (cos, sin) = self.rope_tables(t, device)?;
+        Ok(Tables {
+            cos,
+            sin,
+            mask: causal_mask(t, device)?,
+        })
+    }
+
+    /// One decoder layer on `[B, T, H]`.
+    pub(crate) fn layer(
+        &self,
+        li: usize,
+        x: &Tensor,
+        tables: &Tables,
+        lora: Option<&LoraWeights>,
+        noise: &mut Option<&mut Noise>,
+    ) -> Result<Tensor> {
+        let cfg = self.cfg;
+        let layer = &self.w.layers[li];
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let scale = 1.0 / (hd as f64).sqrt();
+        let Tables { cos, sin, mask } = tables;
+        let h = self.rms_norm(x, &layer.input_norm)?;
+        let q = self.proj(&h, li, 0, lora, noise)?;
+        let k = self.proj(&h, li, 1, lora, noise)?;
+        let v = self.proj(&h, li, 2, lora, noise)?;
+        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = self.rope(&q, cos, sin)?;
+        let k = repeat_kv(&self.rope(&k, cos, sin)?, nh / nkv)?;
+        let v = repeat_kv(&v, nh / nkv)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = self.softmax(&scores)?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        let o = self.proj(&attn, li, 3, lora, noise)?;
+        let x = (x + o)?;
+        let h = self.rms_norm(&x, &layer.post_norm)?;
+        let gate = self.proj(&h, li, 4, lora, noise)?;
+        let up = self.proj(&h, li, 5, lora, noise)?;
+        let mlp = self.proj(&(candle_nn::ops::silu(&gate)? * up)?, li, 6, lora, noise)?;
+        x + mlp
+    }
+
+    /// The final RMSNorm.
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.rms_norm(x, &self.w.norm)
     }
 
     /// Final hidden states `[B, T, H]` (after the last RMSNorm) for token ids `[B, T]` (u32).
@@ -115,47 +254,12 @@ impl Decoder<'_> {
         lora: Option<&LoraWeights>,
         mut noise: Option<&mut Noise>,
     ) -> Result<Tensor> {
-        let cfg = self.cfg;
-        let (b, t) = ids.dims2()?;
-        let device = ids.device();
-        let embed = lora.and_then(|l| l.embed_tokens.as_ref()).unwrap_or(&self.w.embed);
-        let mut x = embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
-        if let Some(n) = noise.as_deref_mut() {
-            if let Some(alpha) = n.neftune_alpha {
-                // NEFTune (transformers `neftune_post_forward_hook`): U(-mag, mag), mag = alpha / sqrt(T * H).
-                let mag = (alpha / ((t * cfg.hidden_size) as f64).sqrt()) as f32;
-                let noise_v = n.rng.uniform(x.elem_count(), -mag, mag);
-                let noise_t = Tensor::from_vec(noise_v, x.shape(), device)?;
-                x = (x + noise_t)?;
-            }
+        let mut x = self.embed(ids, lora, noise.as_deref_mut())?;
+        let tables = self.tables(ids.dim(1)?, ids.device())?;
+        for li in 0..self.w.layers.len() {
+            x = self.layer(li, &x, &tables, lora, &mut noise)?;
         }
-        let (cos, sin) = self.rope_tables(t, device)?;
-        let mask = causal_mask(t, device)?;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let scale = 1.0 / (hd as f64).sqrt();
-        for (li, layer) in self.w.layers.iter().enumerate() {
-            let h = ops::rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            let q = self.proj(&h, li, 0, lora, &mut noise)?;
-            let k = self.proj(&h, li, 1, lora, &mut noise)?;
-            let v = self.proj(&h, li, 2, lora, &mut noise)?;
-            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = ops::rope(&q, &cos, &sin)?;
-            let k = repeat_kv(&ops::rope(&k, &cos, &sin)?, nh / nkv)?;
-            let v = repeat_kv(&v, nh / nkv)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let probs = ops::softmax(&scores)?;
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-            let o = self.proj(&attn, li, 3, lora, &mut noise)?;
-            x = (x + o)?;
-            let h = ops::rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;
-            let gate = self.proj(&h, li, 4, lora, &mut noise)?;
-            let up = self.proj(&h, li, 5, lora, &mut noise)?;
-            let mlp = self.proj(&(candle_nn::ops::silu(&gate)? * up)?, li, 6, lora, &mut noise)?;
-            x = (x + mlp)?;
-        }
-        ops::rms_norm(&x, &self.w.norm, cfg.rms_norm_eps)
+        self.final_norm(&x)
     }
 
     /// The output projection `[V, H]` in effect: a modules_to_save `lm_head`, else the base lm_head, else the
@@ -166,6 +270,13 @@ impl Decoder<'_> {
             .or(self.w.lm_head.as_ref())
             .unwrap_or(&self.w.embed)
     }
+}
+
+/// Per-sequence-length constants of the forward pass.
+pub(crate) struct Tables {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
 }
 
 /// `[T, T]` additive mask: 0 on and below the diagonal, -inf above.
@@ -182,7 +293,10 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.broadcast_as((b, kv, rep, t, d))?.contiguous()?.reshape((b, kv * rep, t, d))
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, rep, t, d))?
+        .contiguous()?
+        .reshape((b, kv * rep, t, d))
 }
 
 /// Log-probabilities `[N, V]` -> per-row NLL of `targets` `[N]` (u32), no masking.

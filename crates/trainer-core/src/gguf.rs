@@ -27,7 +27,10 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let ct = Content::read(&mut reader).map_err(|e| {
-        Error::model(path, format!("not a readable GGUF file (or it uses a tensor type candle cannot read): {e}"))
+        Error::model(
+            path,
+            format!("not a readable GGUF file (or it uses a tensor type candle cannot read): {e}"),
+        )
     })?;
     let md = &ct.metadata;
     let arch = md
@@ -38,14 +41,20 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
     if !SUPPORTED_TYPES.contains(&arch.as_str()) {
         return Err(Error::model(
             path,
-            format!("architecture `{arch}` is not supported; supported: {}", SUPPORTED_TYPES.join(", ")),
+            format!(
+                "architecture `{arch}` is not supported; supported: {}",
+                SUPPORTED_TYPES.join(", ")
+            ),
         ));
     }
     let need = |key: &str| -> Result<usize> {
         let full = format!("{arch}.{key}");
-        md_u64(md, &full)
-            .map(|v| v as usize)
-            .ok_or_else(|| Error::model(path, format!("metadata key `{full}` is missing or not an integer")))
+        md_u64(md, &full).map(|v| v as usize).ok_or_else(|| {
+            Error::model(
+                path,
+                format!("metadata key `{full}` is missing or not an integer"),
+            )
+        })
     };
     let (tok, special, template) = tokenizer::from_gguf(md, path)?;
     let hidden_size = need("embedding_length")?;
@@ -67,7 +76,8 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         num_attention_heads,
         num_key_value_heads,
         head_dim,
-        rms_norm_eps: md_f64(md, &format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        rms_norm_eps: md_f64(md, &format!("{arch}.attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5),
         rope_theta: md_f64(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
         rope_scaling: None,
         max_position_embeddings: need("context_length").unwrap_or(4096),
@@ -80,7 +90,8 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         let q = ct
             .tensor(&mut reader, name, device)
             .map_err(|e| Error::model(path, format!("tensor `{name}`: {e}")))?;
-        q.dequantize(device).map_err(|e| Error::model(path, format!("tensor `{name}`: cannot dequantize: {e}")))
+        q.dequantize(device)
+            .map_err(|e| Error::model(path, format!("tensor `{name}`: cannot dequantize: {e}")))
     };
     // llama.cpp permutes q/k rows for llama-arch models (interleaved RoPE); undo it to get the HF layout.
     let permuted = arch != "qwen2";
@@ -89,14 +100,20 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
             return Ok(w);
         }
         let (out, inp) = w.dims2()?;
-        Ok(w.reshape((heads, out / heads / 2, 2, inp))?.transpose(1, 2)?.reshape((out, inp))?.contiguous()?)
+        Ok(w.reshape((heads, out / heads / 2, 2, inp))?
+            .transpose(1, 2)?
+            .reshape((out, inp))?
+            .contiguous()?)
     };
     let unpermute_bias = |b: Tensor, heads: usize| -> Result<Tensor> {
         if !permuted {
             return Ok(b);
         }
         let out = b.dims1()?;
-        Ok(b.reshape((heads, out / heads / 2, 2))?.transpose(1, 2)?.reshape(out)?.contiguous()?)
+        Ok(b.reshape((heads, out / heads / 2, 2))?
+            .transpose(1, 2)?
+            .reshape(out)?
+            .contiguous()?)
     };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
@@ -128,14 +145,24 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         });
     }
     let rope_freq_factors = if has("rope_freqs.weight") {
-        Some(get("rope_freqs.weight")?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+        Some(
+            get("rope_freqs.weight")?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        )
     } else {
         None
     };
     let weights = Weights {
         embed: get("token_embd.weight")?,
         norm: get("output_norm.weight")?,
-        lm_head: if cfg.tie_word_embeddings { None } else { Some(get("output.weight")?) },
+        lm_head: if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(get("output.weight")?)
+        },
         layers,
         rope_freq_factors,
     };

@@ -18,7 +18,8 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let config = ModelConfig::from_hf_json(&text, &cfg_path)?;
-    let raw: Value = serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, e.to_string()))?;
+    let raw: Value =
+        serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, e.to_string()))?;
     let (tok, special, template) = tokenizer::from_hf_dir(dir, &raw)?;
 
     let single = dir.join("model.safetensors");
@@ -28,7 +29,8 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
         tensors = io::load_safetensors(&single, device)?;
     } else if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::model(&index, format!("not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::model(&index, format!("not valid JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(Value::as_object)
@@ -49,7 +51,13 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
             .remove(name)
             .ok_or_else(|| Error::model(&file, format!("tensor `{name}` is missing")))?;
         if t.dims() != shape {
-            return Err(Error::model(&file, format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims())));
+            return Err(Error::model(
+                &file,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    t.dims()
+                ),
+            ));
         }
         Ok(t)
     };
@@ -60,7 +68,15 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
         c.num_key_value_heads * c.head_dim,
         c.intermediate_size,
     );
-    let shapes: [[usize; 2]; 7] = [[q_out, h], [kv_out, h], [kv_out, h], [h, q_out], [i, h], [i, h], [h, i]];
+    let shapes: [[usize; 2]; 7] = [
+        [q_out, h],
+        [kv_out, h],
+        [kv_out, h],
+        [h, q_out],
+        [i, h],
+        [i, h],
+        [h, i],
+    ];
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for l in 0..c.num_hidden_layers {
         let mut lin = Vec::with_capacity(7);
@@ -76,18 +92,25 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
         } else {
             None
         };
-        let linears: [Tensor; 7] = lin
-            .try_into()
-            .map_err(|_| Error::model(&file, format!("layer {l}: wrong number of linear weights")))?;
+        let linears: [Tensor; 7] = lin.try_into().map_err(|_| {
+            Error::model(&file, format!("layer {l}: wrong number of linear weights"))
+        })?;
         layers.push(Layer {
             input_norm: take(&format!("model.layers.{l}.input_layernorm.weight"), &[h])?,
             linears,
             qkv_bias,
-            post_norm: take(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[h])?,
+            post_norm: take(
+                &format!("model.layers.{l}.post_attention_layernorm.weight"),
+                &[h],
+            )?,
         });
     }
     let embed = take("model.embed_tokens.weight", &[c.vocab_size, h])?;
-    let lm_head = if c.tie_word_embeddings { None } else { Some(take("lm_head.weight", &[c.vocab_size, h])?) };
+    let lm_head = if c.tie_word_embeddings {
+        None
+    } else {
+        Some(take("lm_head.weight", &[c.vocab_size, h])?)
+    };
     let weights = Weights {
         embed,
         layers,
@@ -121,8 +144,14 @@ pub(crate) fn named_weights(w: &Weights) -> BTreeMap<String, Tensor> {
                 out.insert(format!("{}.bias", module_path(l, m)), t.clone());
             }
         }
-        out.insert(format!("model.layers.{l}.input_layernorm.weight"), layer.input_norm.clone());
-        out.insert(format!("model.layers.{l}.post_attention_layernorm.weight"), layer.post_norm.clone());
+        out.insert(
+            format!("model.layers.{l}.input_layernorm.weight"),
+            layer.input_norm.clone(),
+        );
+        out.insert(
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            layer.post_norm.clone(),
+        );
     }
     out
 }

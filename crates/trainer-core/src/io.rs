@@ -11,8 +11,14 @@ use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, then rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -49,7 +55,8 @@ pub(crate) fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) 
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::model(path, e.to_string()))?;
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::model(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -60,7 +67,9 @@ pub(crate) fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<S
         .map_err(|e| Error::model(path, format!("not a valid safetensors file: {e}")))?;
     map.into_iter()
         .map(|(k, t)| {
-            let t = t.to_dtype(DType::F32).map_err(|e| Error::tensor(k.clone(), e.to_string()))?;
+            let t = t
+                .to_dtype(DType::F32)
+                .map_err(|e| Error::tensor(k.clone(), e.to_string()))?;
             Ok((k, t))
         })
         .collect()

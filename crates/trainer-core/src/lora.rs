@@ -3,7 +3,15 @@
 use candle_core::Tensor;
 
 /// The seven linear module short names, in the decoder's fixed order.
-pub(crate) const MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub(crate) const MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// Index of a module short name in [`MODULES`].
 pub(crate) fn module_index(short: &str) -> Option<usize> {
@@ -21,7 +29,10 @@ pub(crate) fn parse_module_path(path: &str) -> Option<(usize, usize)> {
     let rest = path.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let m = module_index(rest.strip_prefix("self_attn.").or_else(|| rest.strip_prefix("mlp."))?)?;
+    let m = module_index(
+        rest.strip_prefix("self_attn.")
+            .or_else(|| rest.strip_prefix("mlp."))?,
+    )?;
     (module_path(layer, m) == path).then_some((layer, m))
 }
 

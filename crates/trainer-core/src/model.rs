@@ -32,6 +32,7 @@ pub struct Model {
     chat_template: Option<String>,
     source: PathBuf,
     device: Device,
+    fused: bool,
 }
 
 impl Model {
@@ -43,7 +44,10 @@ impl Model {
         } else if path.is_file() {
             gguf::load(path, device)?
         } else {
-            return Err(Error::model(path, "no such file or directory (expected a .gguf file or a HF model directory)"));
+            return Err(Error::model(
+                path,
+                "no such file or directory (expected a .gguf file or a HF model directory)",
+            ));
         };
         Ok(Self {
             config: parts.config,
@@ -53,7 +57,31 @@ impl Model {
             chat_template: parts.chat_template,
             source: path.to_path_buf(),
             device: device.clone(),
+            fused: true,
         })
+    }
+
+    /// A model with random weights (seeded) and a byte-level tokenizer (ids 0..256 are the bytes): for tests,
+    /// examples and benchmarks. `config.vocab_size` must be at least 256.
+    pub fn random(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let parts = random_parts(config, seed, device)?;
+        Ok(Self {
+            config: parts.config,
+            weights: parts.weights,
+            tokenizer: parts.tokenizer,
+            special: parts.special,
+            chat_template: None,
+            source: PathBuf::from("<random>"),
+            device: device.clone(),
+            fused: true,
+        })
+    }
+
+    /// Chooses, for training, between the fused CPU kernels with hand-written backward (the default; faster) and
+    /// the ops composed from candle primitives (the reference they are tested against). Inference
+    /// ([`Model::logits`], [`Model::perplexity`]) and CUDA always use the composed ops.
+    pub fn set_fused_kernels(&mut self, on: bool) {
+        self.fused = on;
     }
 
     /// The hyper-parameters.
@@ -91,10 +119,22 @@ impl Model {
         MODULES.iter().map(|m| m.to_string()).collect()
     }
 
+    /// The decoder for training (fused kernels when enabled and on CPU).
     pub(crate) fn decoder(&self) -> Decoder<'_> {
         Decoder {
             cfg: &self.config,
             w: &self.weights,
+            fused: self.device.is_cpu() && self.fused,
+        }
+    }
+
+    /// The decoder for inference: always the composed ops. The fused kernels only speed up backward, and the
+    /// composed forward is a little closer to PyTorch's rounding.
+    fn inference_decoder(&self) -> Decoder<'_> {
+        Decoder {
+            cfg: &self.config,
+            w: &self.weights,
+            fused: false,
         }
     }
 
@@ -102,10 +142,17 @@ impl Model {
         if ids.is_empty() {
             return Err(Error::input(field, "no token ids given"));
         }
-        if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= self.config.vocab_size) {
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= self.config.vocab_size)
+        {
             return Err(Error::input(
                 field,
-                format!("token id {id} at position {i} is outside the vocabulary (size {})", self.config.vocab_size),
+                format!(
+                    "token id {id} at position {i} is outside the vocabulary (size {})",
+                    self.config.vocab_size
+                ),
             ));
         }
         Ok(())
@@ -118,16 +165,26 @@ impl Model {
             a.check_fits(self)?;
         }
         let lora = adapter.map(Adapter::weights);
-        let d = self.decoder();
-        let h = d.hidden(&ids_tensor(ids, &self.device)?, lora, None)?.squeeze(0)?;
+        let d = self.inference_decoder();
+        let h = d
+            .hidden(&ids_tensor(ids, &self.device)?, lora, None)?
+            .squeeze(0)?;
         Ok(h.matmul(&d.head(lora).t()?)?)
     }
 
     /// Mean next-token negative log-likelihood of `targets[i]` given `ids[..=i]`, for the positions where `mask` is
     /// true. `ids`, `targets` and `mask` have the same length.
-    fn masked_nll(&self, lora: Option<&crate::lora::LoraWeights>, ids: &[u32], targets: &[u32], mask: &[bool]) -> Result<f64> {
-        let d = self.decoder();
-        let h = d.hidden(&ids_tensor(ids, &self.device)?, lora, None)?.squeeze(0)?;
+    fn masked_nll(
+        &self,
+        lora: Option<&crate::lora::LoraWeights>,
+        ids: &[u32],
+        targets: &[u32],
+        mask: &[bool],
+    ) -> Result<f64> {
+        let d = self.inference_decoder();
+        let h = d
+            .hidden(&ids_tensor(ids, &self.device)?, lora, None)?
+            .squeeze(0)?;
         let logits = h.matmul(&d.head(lora).t()?)?;
         let nll = nll_rows(&logits, &Tensor::new(targets, &self.device)?)?.to_vec1::<f32>()?;
         let (sum, n) = nll
@@ -141,7 +198,13 @@ impl Model {
     /// Perplexity with a sliding window (text-generation-webui's `calculate_perplexity`): windows of at most
     /// `max_length` tokens start every `stride` tokens; each scores only the tokens not scored by the previous one;
     /// the result is `exp` of the unweighted mean of the window losses. `max_length == 0` means the model's context.
-    pub fn perplexity(&self, adapter: Option<&Adapter>, ids: &[u32], stride: usize, max_length: usize) -> Result<f64> {
+    pub fn perplexity(
+        &self,
+        adapter: Option<&Adapter>,
+        ids: &[u32],
+        stride: usize,
+        max_length: usize,
+    ) -> Result<f64> {
         self.check_ids(ids, "ids")?;
         if ids.len() < 2 {
             return Err(Error::input("ids", "perplexity needs at least 2 tokens"));
@@ -152,7 +215,11 @@ impl Model {
         if let Some(a) = adapter {
             a.check_fits(self)?;
         }
-        let max_len = if max_length == 0 { self.config.max_position_embeddings } else { max_length };
+        let max_len = if max_length == 0 {
+            self.config.max_position_embeddings
+        } else {
+            max_length
+        };
         if max_len < 2 {
             return Err(Error::input("max_length", "must be at least 2"));
         }
@@ -224,9 +291,132 @@ impl Model {
             ));
         }
         io::ensure_dir(dir)?;
-        io::save_safetensors(&dir.join("model.safetensors"), &hf::named_weights(&self.weights))?;
+        io::save_safetensors(
+            &dir.join("model.safetensors"),
+            &hf::named_weights(&self.weights),
+        )?;
         let cfg = self.config.to_hf_json(self.special.bos, self.special.eos);
         io::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
-        tokenizer::write_hf_files(dir, &self.tokenizer, &self.special, self.chat_template.as_deref())
+        tokenizer::write_hf_files(
+            dir,
+            &self.tokenizer,
+            &self.special,
+            self.chat_template.as_deref(),
+        )
     }
+}
+
+/// GPT-2's byte -> printable character map.
+fn byte_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut out = vec![' '; 256];
+    for (b, c) in bs.iter().zip(&cs) {
+        out[*b as usize] = char::from_u32(*c).unwrap_or(' ');
+    }
+    out
+}
+
+fn random_parts(config: ModelConfig, seed: u64, device: &Device) -> Result<Parts> {
+    use crate::rng::Rng;
+    config.validate(Path::new("<random>"))?;
+    if config.vocab_size < 256 {
+        return Err(Error::input(
+            "vocab_size",
+            "a random model needs at least 256 tokens (one per byte)",
+        ));
+    }
+    let mut rng = Rng::new(seed);
+    let mut mat = |rows: usize, cols: usize, bound: f32| -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            rng.uniform(rows * cols, -bound, bound),
+            (rows, cols),
+            device,
+        )?)
+    };
+    let c = &config;
+    let (h, q, kv, i) = (
+        c.hidden_size,
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+        c.intermediate_size,
+    );
+    let lin = |out: usize, inp: usize, mat: &mut dyn FnMut(usize, usize, f32) -> Result<Tensor>| {
+        mat(out, inp, 1.0 / (inp as f32).sqrt())
+    };
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for _ in 0..c.num_hidden_layers {
+        let linears = [
+            lin(q, h, &mut mat)?,
+            lin(kv, h, &mut mat)?,
+            lin(kv, h, &mut mat)?,
+            lin(h, q, &mut mat)?,
+            lin(i, h, &mut mat)?,
+            lin(i, h, &mut mat)?,
+            lin(h, i, &mut mat)?,
+        ];
+        let qkv_bias = if c.attention_bias {
+            Some([
+                mat(1, q, 0.1)?.squeeze(0)?,
+                mat(1, kv, 0.1)?.squeeze(0)?,
+                mat(1, kv, 0.1)?.squeeze(0)?,
+            ])
+        } else {
+            None
+        };
+        layers.push(crate::decoder::Layer {
+            input_norm: (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?,
+            linears,
+            qkv_bias,
+            post_norm: (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?,
+        });
+    }
+    let embed = mat(c.vocab_size, h, 1.0)?;
+    let lm_head = if c.tie_word_embeddings {
+        None
+    } else {
+        Some(mat(c.vocab_size, h, 1.0 / (h as f32).sqrt())?)
+    };
+    let weights = Weights {
+        embed,
+        layers,
+        norm: (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?,
+        lm_head,
+        rope_freq_factors: None,
+    };
+    let chars = byte_chars();
+    let vocab: serde_json::Map<String, serde_json::Value> = chars
+        .iter()
+        .enumerate()
+        .map(|(id, ch)| (ch.to_string(), serde_json::json!(id)))
+        .collect();
+    let doc = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []},
+    });
+    let tokenizer = <Tokenizer as std::str::FromStr>::from_str(&doc.to_string())
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok(Parts {
+        config,
+        weights,
+        tokenizer,
+        special: SpecialTokens::default(),
+        chat_template: None,
+    })
 }

@@ -39,7 +39,9 @@ fn pre_regexes(pre: &str) -> Option<Vec<&'static str>> {
 }
 
 fn md_str<'a>(md: &'a HashMap<String, Value>, key: &str) -> Option<&'a str> {
-    md.get(key).and_then(|v| v.to_string().ok()).map(String::as_str)
+    md.get(key)
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
 }
 
 pub(crate) fn md_u64(md: &HashMap<String, Value>, key: &str) -> Option<u64> {
@@ -65,8 +67,12 @@ pub(crate) fn from_gguf(
     md: &HashMap<String, Value>,
     path: &Path,
 ) -> Result<(Tokenizer, SpecialTokens, Option<String>)> {
-    let kind = md_str(md, "tokenizer.ggml.model")
-        .ok_or_else(|| Error::model(path, "no `tokenizer.ggml.model` key: the GGUF file carries no tokenizer"))?;
+    let kind = md_str(md, "tokenizer.ggml.model").ok_or_else(|| {
+        Error::model(
+            path,
+            "no `tokenizer.ggml.model` key: the GGUF file carries no tokenizer",
+        )
+    })?;
     if kind != "gpt2" {
         return Err(Error::model(
             path,
@@ -81,29 +87,36 @@ pub(crate) fn from_gguf(
         Error::model(path, format!("tokenizer.ggml.pre `{pre}` is not supported (known: gpt2, smollm, starcoder, llama-bpe, qwen2)"))
     })?;
     let list = |key: &str| -> Result<Vec<&Value>> {
-        let v = md.get(key).ok_or_else(|| Error::model(path, format!("metadata key `{key}` is missing")))?;
-        let arr = v.to_vec().map_err(|_| Error::model(path, format!("metadata key `{key}` is not an array")))?;
+        let v = md
+            .get(key)
+            .ok_or_else(|| Error::model(path, format!("metadata key `{key}` is missing")))?;
+        let arr = v
+            .to_vec()
+            .map_err(|_| Error::model(path, format!("metadata key `{key}` is not an array")))?;
         Ok(arr.iter().collect())
     };
     let tokens: Vec<String> = list("tokenizer.ggml.tokens")?
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            v.to_string()
-                .cloned()
-                .map_err(|_| Error::model(path, format!("tokenizer.ggml.tokens[{i}] is not a string")))
+            v.to_string().cloned().map_err(|_| {
+                Error::model(path, format!("tokenizer.ggml.tokens[{i}] is not a string"))
+            })
         })
         .collect::<Result<_>>()?;
     let merges: Vec<Json> = list("tokenizer.ggml.merges")?
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            let s = v
-                .to_string()
-                .map_err(|_| Error::model(path, format!("tokenizer.ggml.merges[{i}] is not a string")))?;
-            let (a, b) = s
-                .split_once(' ')
-                .ok_or_else(|| Error::model(path, format!("tokenizer.ggml.merges[{i}] `{s}` has no space")))?;
+            let s = v.to_string().map_err(|_| {
+                Error::model(path, format!("tokenizer.ggml.merges[{i}] is not a string"))
+            })?;
+            let (a, b) = s.split_once(' ').ok_or_else(|| {
+                Error::model(
+                    path,
+                    format!("tokenizer.ggml.merges[{i}] `{s}` has no space"),
+                )
+            })?;
             Ok(json!([a, b]))
         })
         .collect::<Result<_>>()?;
@@ -131,7 +144,10 @@ pub(crate) fn from_gguf(
         eos: md_id(md, "tokenizer.ggml.eos_token_id"),
         pad: md_id(md, "tokenizer.ggml.padding_token_id"),
     };
-    let add_bos = md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+    let add_bos = md
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
     let mut pretok: Vec<Json> = regexes
         .iter()
         .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
@@ -146,7 +162,9 @@ pub(crate) fn from_gguf(
                             {"Sequence": {"id": "B", "type_id": 1}}],
                    "special_tokens": {name.clone(): {"id": name, "ids": [bos], "tokens": [name]}}})
         }
-        _ => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}),
+        _ => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
+        }
     };
     let doc = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
@@ -157,30 +175,48 @@ pub(crate) fn from_gguf(
                   "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": merges},
     });
-    let tokenizer = Tokenizer::from_str(&doc.to_string())
-        .map_err(|e| Error::model(path, format!("cannot build the tokenizer from GGUF metadata: {e}")))?;
+    let tokenizer = Tokenizer::from_str(&doc.to_string()).map_err(|e| {
+        Error::model(
+            path,
+            format!("cannot build the tokenizer from GGUF metadata: {e}"),
+        )
+    })?;
     let template = md_str(md, "tokenizer.chat_template").map(str::to_string);
     Ok((tokenizer, special, template))
 }
 
 /// Reads `tokenizer.json`, special ids (`tokenizer_config.json`, then `config.json`) and the chat template
 /// (`chat_template.jinja`, then `tokenizer_config.json`) from a Hugging Face model directory.
-pub(crate) fn from_hf_dir(dir: &Path, config: &Json) -> Result<(Tokenizer, SpecialTokens, Option<String>)> {
+pub(crate) fn from_hf_dir(
+    dir: &Path,
+    config: &Json,
+) -> Result<(Tokenizer, SpecialTokens, Option<String>)> {
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.is_file() {
-        return Err(Error::model(dir, "no tokenizer.json in the model directory"));
+        return Err(Error::model(
+            dir,
+            "no tokenizer.json in the model directory",
+        ));
     }
-    let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::model(&tok_path, e.to_string()))?;
+    let tokenizer =
+        Tokenizer::from_file(&tok_path).map_err(|e| Error::model(&tok_path, e.to_string()))?;
     let tc_path = dir.join("tokenizer_config.json");
     let tc: Json = match std::fs::read_to_string(&tc_path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| Error::model(&tc_path, format!("not valid JSON: {e}")))?,
+        Ok(t) => serde_json::from_str(&t)
+            .map_err(|e| Error::model(&tc_path, format!("not valid JSON: {e}")))?,
         Err(_) => Json::Null,
     };
     let id_of = |key: &str| -> Option<u32> {
-        let by_token = tc.get(key).and_then(|v| v.as_str().or_else(|| v.get("content").and_then(Json::as_str)));
-        by_token
-            .and_then(|t| tokenizer.token_to_id(t))
-            .or_else(|| config.get(format!("{key}_id")).and_then(Json::as_u64).map(|v| v as u32))
+        let by_token = tc.get(key).and_then(|v| {
+            v.as_str()
+                .or_else(|| v.get("content").and_then(Json::as_str))
+        });
+        by_token.and_then(|t| tokenizer.token_to_id(t)).or_else(|| {
+            config
+                .get(format!("{key}_id"))
+                .and_then(Json::as_u64)
+                .map(|v| v as u32)
+        })
     };
     let special = SpecialTokens {
         bos: id_of("bos_token"),
@@ -190,7 +226,10 @@ pub(crate) fn from_hf_dir(dir: &Path, config: &Json) -> Result<(Tokenizer, Speci
     let jinja = dir.join("chat_template.jinja");
     let template = match std::fs::read_to_string(&jinja) {
         Ok(t) => Some(t),
-        Err(_) => tc.get("chat_template").and_then(Json::as_str).map(str::to_string),
+        Err(_) => tc
+            .get("chat_template")
+            .and_then(Json::as_str)
+            .map(str::to_string),
     };
     Ok((tokenizer, special, template))
 }
@@ -202,7 +241,9 @@ pub(crate) fn write_hf_files(
     special: &SpecialTokens,
     template: Option<&str>,
 ) -> Result<()> {
-    let text = tokenizer.to_string(true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let text = tokenizer
+        .to_string(true)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
     crate::io::write_atomic(&dir.join("tokenizer.json"), text.as_bytes())?;
     let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
     let mut tc = json!({

@@ -1,1 +1,12 @@
-//! Integration tests for `trainer-core`.
+//! Integration tests for `trainer-core`. The real-model tests read the GGUF path from `TRAINER_TEST_MODEL`,
+//! falling back to `<repo root>/models/SmolLM2-135M-Instruct.Q4_1.gguf`, and fail when neither exists.
+
+mod common;
+// Loading: reference logits against PEFT, tokenizer against the reference tokenizer.json.
+mod reference;
+// HF directories, merging, adapter strictness, rsLoRA, perplexity.
+mod hf_dir;
+// Training against PEFT, gradients, determinism, resume.
+mod training;
+// Finite differences and fused-vs-composed gradients on a tiny random model.
+mod gradcheck;

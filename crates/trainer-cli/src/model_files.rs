@@ -1,0 +1,71 @@
+//! `trainer-cli convert` and `trainer-cli merge`: write standard Hugging
+//! Face model folders from a GGUF file or from a model plus an adapter.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use trainer_core::{Adapter, Model};
+
+use crate::train::candle_device;
+
+/// Arguments of `trainer-cli convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The model to convert (a .gguf file, or a Hugging Face folder).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The Hugging Face folder to write (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `trainer-cli merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The base model (a Hugging Face folder or a .gguf file).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The PEFT adapter folder to merge in.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The Hugging Face folder to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn check_out(out: &std::path::Path) -> Result<()> {
+    if out.exists() && (!out.is_dir() || out.read_dir()?.next().is_some()) {
+        bail!(
+            "{} already exists and is not empty: choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn load(path: &std::path::Path) -> Result<Model> {
+    Model::load(path, &candle_device())
+        .with_context(|| format!("cannot load model {}", path.display()))
+}
+
+/// Runs `trainer-cli convert`.
+pub fn convert(args: &ConvertArgs) -> Result<ExitCode> {
+    check_out(&args.out)?;
+    let model = load(&args.model)?;
+    model.save_hf_dir(&args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `trainer-cli merge`.
+pub fn merge(args: &MergeArgs) -> Result<ExitCode> {
+    check_out(&args.out)?;
+    let model = load(&args.model)?;
+    let adapter = Adapter::load(&args.adapter, &model)
+        .with_context(|| format!("cannot load adapter {}", args.adapter.display()))?;
+    model.merge(&adapter)?.save_hf_dir(&args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,251 @@
+//! The output folder: its layout, the overwrite rule, checkpoints written
+//! as whole folders (temp folder + rename) and finding the newest one.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use checkpoint_policy::Policy;
+use serde::{Deserialize, Serialize};
+
+/// The resolved settings, reusable with `--config`.
+pub const PARAMETERS_FILE: &str = "training_parameters.toml";
+/// One JSON object per optimizer step, appended as the run goes.
+pub const LOG_FILE: &str = "training_log.jsonl";
+/// Loss and LR against epoch, re-rendered from the log.
+pub const GRAPH_FILE: &str = "training_graph.png";
+/// The LR preview of `--dry-run`.
+pub const PREVIEW_FILE: &str = "lr_preview.png";
+/// Live-control commands (`trainer-cli control`), one JSON object per line.
+pub const CONTROL_FILE: &str = "control.jsonl";
+/// What the run loop needs on top of the trainer state to resume exactly.
+pub const RUN_STATE_FILE: &str = "run_state.json";
+
+/// Files and folders this tool writes into an output folder.
+fn is_ours(name: &str) -> bool {
+    name.starts_with("checkpoint-")
+        || name.starts_with(".checkpoint-")
+        || name.starts_with("adapter_")
+        || matches!(
+            name,
+            PARAMETERS_FILE | LOG_FILE | GRAPH_FILE | PREVIEW_FILE | CONTROL_FILE
+        )
+}
+
+/// Prepares the output folder of a new run. An existing folder with
+/// training output is refused unless `overwrite`, which then removes only
+/// what this tool wrote there.
+pub fn prepare_new(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.as_os_str().is_empty() {
+        bail!("no output folder: give --output DIR (or `output` in the config file)");
+    }
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "output {} is a file, not a folder: give another --output",
+            dir.display()
+        );
+    }
+    if dir.is_dir() {
+        let mut ours = Vec::new();
+        for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_ours(&name) && name != PREVIEW_FILE {
+                ours.push(entry.path());
+            }
+        }
+        if !ours.is_empty() && !overwrite {
+            bail!(
+                "output folder {} already holds a training run: pass --overwrite to replace it, \
+                 --resume latest to continue it, or choose another --output",
+                dir.display()
+            );
+        }
+        for path in ours {
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))
+}
+
+/// The run-loop state saved in every checkpoint (besides the trainer's).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunState {
+    /// Format version of this file.
+    pub format: u32,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Loss of the last step.
+    pub loss: f64,
+    /// Fingerprint of the training data (blocks as token ids): resuming on other data is refused.
+    pub data_fingerprint: u64,
+    /// The checkpoint policy, with its memory of earlier saves and thresholds.
+    pub policy: Policy,
+}
+
+impl RunState {
+    /// Reads `run_state.json` from a checkpoint folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(RUN_STATE_FILE);
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} is not a resumable checkpoint (no {RUN_STATE_FILE})",
+                dir.display()
+            )
+        })?;
+        let state: RunState = serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged", path.display()))?;
+        if state.format != 1 {
+            bail!("{}: unknown format {}", path.display(), state.format);
+        }
+        Ok(state)
+    }
+}
+
+/// Writes a checkpoint folder atomically: `fill` writes into a temporary
+/// folder beside it, which is then renamed into place (replacing an older
+/// folder of the same name, as happens when a resumed run repeats a step).
+pub fn write_checkpoint(
+    output: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let tmp = output.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e.context(format!(
+            "cannot write checkpoint {name}; earlier checkpoints are intact"
+        )));
+    }
+    let dest = output.join(name);
+    if dest.exists() {
+        let old = output.join(format!(".{name}.old-{}", std::process::id()));
+        fs::rename(&dest, &old).with_context(|| format!("cannot replace {}", dest.display()))?;
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        let _ = fs::remove_dir_all(&old);
+    } else {
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    if let Ok(d) = fs::File::open(output) {
+        let _ = d.sync_all();
+    }
+    Ok(dest)
+}
+
+/// Removes a checkpoint folder the retention policy let go.
+pub fn delete_checkpoint(output: &Path, name: &str) -> Result<()> {
+    let path = output.join(name);
+    if path.is_dir() {
+        fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint of an output folder (highest step; a
+/// folder still being written has a temporary name and is never chosen).
+pub fn latest_checkpoint(output: &Path) -> Result<PathBuf> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    let entries = fs::read_dir(output)
+        .with_context(|| format!("cannot read output folder {}", output.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.starts_with("checkpoint-") || !path.join(RUN_STATE_FILE).is_file() {
+            continue;
+        }
+        let Ok(state) = RunState::load(&path) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(s, _)| state.step > *s) {
+            best = Some((state.step, path));
+        }
+    }
+    best.map(|(_, p)| p).with_context(|| {
+        format!(
+            "{} has no complete checkpoint to resume from",
+            output.display()
+        )
+    })
+}
+
+/// FNV-1a over the encoded blocks: cheap, stable across platforms.
+pub fn fingerprint(blocks: &[Vec<u32>]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u32| {
+        for b in x.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for block in blocks {
+        eat(u32::MAX);
+        for &id in block {
+            eat(id);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("trainer-cli-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn existing_run_needs_overwrite_and_keeps_foreign_files() {
+        let d = tempdir("overwrite");
+        fs::write(d.join(LOG_FILE), "{}\n").unwrap();
+        fs::write(d.join("notes.txt"), "mine").unwrap();
+        let err = prepare_new(&d, false).unwrap_err().to_string();
+        assert!(err.contains("--overwrite"), "{err}");
+        assert!(d.join(LOG_FILE).exists());
+        prepare_new(&d, true).unwrap();
+        assert!(!d.join(LOG_FILE).exists());
+        assert_eq!(fs::read_to_string(d.join("notes.txt")).unwrap(), "mine");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn failed_checkpoint_leaves_nothing_behind() {
+        let d = tempdir("ckpt");
+        let err = write_checkpoint(&d, "checkpoint-1", |_| bail!("disk full")).unwrap_err();
+        assert!(format!("{err:#}").contains("disk full"));
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0);
+        write_checkpoint(&d, "checkpoint-2", |t| Ok(fs::write(t.join("x"), "1")?)).unwrap();
+        write_checkpoint(&d, "checkpoint-2", |t| Ok(fs::write(t.join("x"), "2")?)).unwrap();
+        assert_eq!(fs::read_to_string(d.join("checkpoint-2/x")).unwrap(), "2");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn output_that_is_a_file_is_refused() {
+        let d = tempdir("file");
+        let f = d.join("out");
+        fs::write(&f, "x").unwrap();
+        assert!(prepare_new(&f, true)
+            .unwrap_err()
+            .to_string()
+            .contains("is a file"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,248 @@
+//! Run settings: one flat set of keys shared by the TOML config file
+//! (`--config run.toml`), the command-line flags (which override the file)
+//! and the `training_parameters.toml` written into every output folder.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Declares the settings once: the serde struct (file and saved parameters),
+/// the clap flags (each an `Option`, so only flags the user gave override),
+/// and the merge.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
+        /// Every setting of a training run. The TOML keys are the field names.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+
+        /// Command-line overrides of [`Settings`]; a flag given wins over the config file.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct SettingFlags {
+            $( $(#[doc = $doc])* #[arg(long, help_heading = "Settings (also config-file keys)")] pub $name: Option<$ty>, )*
+        }
+
+        impl Settings {
+            /// Applies the flags the user gave.
+            pub fn apply(&mut self, flags: &SettingFlags) {
+                $( if let Some(v) = &flags.$name { self.$name = v.clone(); } )*
+            }
+        }
+    };
+}
+
+settings! {
+    /// Model: a Hugging Face folder or a .gguf file.
+    model: PathBuf = PathBuf::new();
+    /// Raw text: a file, or a folder of .txt files (joined with the hard cut).
+    text: PathBuf = PathBuf::new();
+    /// Output folder for the adapter, checkpoints, log and graph.
+    output: PathBuf = PathBuf::new();
+    /// Maximum tokens per block, as trained (BOS/EOS included).
+    cutoff: usize = 256;
+    /// Hard-cut string (backslash escapes \n, \t); blocks never cross it; "" disables it.
+    hard_cut: String = "\\n\\n\\n".to_string();
+    /// Add overlap blocks between neighbouring blocks (precise mode).
+    overlap: bool = true;
+    /// DEMENTOR: sliding-window blocks, one sentence stride, instead of precise blocks.
+    dementor: bool = false;
+    /// Drop blocks with at most this many non-whitespace characters (reported).
+    min_chars: usize = 0;
+    /// EOS placement: every-block, hard-cut (blocks ending at a hard cut) or none.
+    eos: String = "every-block".to_string();
+    /// Start every block with the model's BOS token.
+    bos: bool = true;
+    /// LoRA rank r.
+    rank: usize = 32;
+    /// LoRA alpha (scale alpha/r, or alpha/sqrt(r) with rslora).
+    alpha: f64 = 64.0;
+    /// Rank-stabilised LoRA scaling alpha/sqrt(r).
+    rslora: bool = false;
+    /// LoRA dropout probability.
+    dropout: f64 = 0.05;
+    /// Target modules: q-v, q-k-v, q-k-v-o, k-v-down, all, all-linear, or a comma list (q_proj,v_proj).
+    targets: String = "q-v".to_string();
+    /// Also train lm_head and embed_tokens (PEFT modules_to_save; a large adapter).
+    train_head: bool = false;
+    /// Micro-batch size (blocks per forward pass).
+    batch_size: usize = 4;
+    /// Gradient accumulation (micro-batches per optimizer step); lowered when the data is too small.
+    grad_accum: usize = 1;
+    /// Epochs (fractions allowed).
+    epochs: f64 = 3.0;
+    /// Peak learning rate.
+    learning_rate: f64 = 3e-4;
+    /// LR schedule: linear, constant, constant_with_warmup, cosine, cosine_with_restarts, polynomial, inverse_sqrt, FP_low_epoch_annealing, FP_half_time_annealing, FP_raise_fall_creative, FP_3epoch_raise_hold_fall, FP_step_decay_with_warmup.
+    scheduler: String = "linear".to_string();
+    /// Warmup in optimizer steps (wins over warmup_ratio when > 0).
+    warmup_steps: u64 = 0;
+    /// Warmup as a fraction of all optimizer steps (used when warmup_steps is 0).
+    warmup_ratio: f64 = 0.1;
+    /// NEFTune noise alpha (0 = off).
+    neftune_alpha: f64 = 0.0;
+    /// AdamW weight decay.
+    weight_decay: f64 = 0.0;
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    max_grad_norm: f64 = 1.0;
+    /// Recompute each layer in the backward pass (less memory for long cutoffs, one extra forward).
+    gradient_checkpointing: bool = false;
+    /// Seed for LoRA init, dropout, NEFTune noise and the data order.
+    seed: u64 = 42;
+    /// Save a checkpoint every N optimizer steps (0 = off).
+    save_every: u64 = 0;
+    /// Hold periodic saves back until the loss is below this value (0 = no gate).
+    save_every_below_loss: f64 = 0.0;
+    /// Save when the loss falls under this value, then again on each real improvement (0 = off).
+    save_under_loss: f64 = 1.8;
+    /// Relative loss drop that counts as an improvement for loss saves (0.1 = 10%).
+    loss_improvement: f64 = 0.1;
+    /// Use the original's absolute 0.09 drop instead of the relative one.
+    absolute_improvement: bool = false;
+    /// Save a checkpoint at the end of every epoch.
+    save_each_epoch: bool = true;
+    /// Stop when the loss is at or below this value (0 = off).
+    stop_at_loss: f64 = 0.0;
+    /// Average the loss over this many steps for stop_at_loss (1 = the raw loss).
+    stop_loss_window: u32 = 1;
+    /// Stop at the end of this epoch (0 = off).
+    stop_at_epoch: u64 = 0;
+    /// Keep only the newest N periodic/epoch/loss checkpoints (0 = keep all).
+    keep_last: usize = 0;
+    /// Also keep the N best checkpoints by loss (0 = off).
+    keep_best: usize = 0;
+}
+
+impl Settings {
+    /// Reads a TOML config file; an unknown key is an error naming it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " ")))
+    }
+
+    /// The TOML text of these settings (what `training_parameters.toml` holds).
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Checks ranges the libraries do not check themselves; every error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let finite = [
+            ("alpha", self.alpha),
+            ("dropout", self.dropout),
+            ("epochs", self.epochs),
+            ("learning_rate", self.learning_rate),
+            ("warmup_ratio", self.warmup_ratio),
+            ("neftune_alpha", self.neftune_alpha),
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+            ("save_every_below_loss", self.save_every_below_loss),
+            ("save_under_loss", self.save_under_loss),
+            ("loss_improvement", self.loss_improvement),
+            ("stop_at_loss", self.stop_at_loss),
+        ];
+        for (key, v) in finite {
+            if !v.is_finite() {
+                bail!("setting `{key}` is {v}: give a finite number");
+            }
+            if v < 0.0 {
+                bail!("setting `{key}` is {v}: give a value >= 0");
+            }
+        }
+        if self.rank == 0 {
+            bail!("setting `rank` is 0: give a LoRA rank >= 1 (e.g. 8, 16, 32)");
+        }
+        if self.alpha == 0.0 {
+            bail!("setting `alpha` is 0: the adapter would have no effect; give alpha > 0 (e.g. 2 x rank)");
+        }
+        if self.learning_rate == 0.0 {
+            bail!("setting `learning_rate` is 0: give a learning rate > 0 (e.g. 3e-4)");
+        }
+        if self.epochs == 0.0 {
+            bail!("setting `epochs` is 0: give epochs > 0 (fractions allowed)");
+        }
+        if self.batch_size == 0 {
+            bail!("setting `batch_size` is 0: give a micro-batch size >= 1");
+        }
+        if self.grad_accum == 0 {
+            bail!("setting `grad_accum` is 0: give a gradient accumulation >= 1");
+        }
+        if self.dropout >= 1.0 {
+            bail!(
+                "setting `dropout` is {}: give a probability in [0, 1)",
+                self.dropout
+            );
+        }
+        if !matches!(self.eos.as_str(), "every-block" | "hard-cut" | "none") {
+            bail!(
+                "setting `eos` is {:?}: give every-block, hard-cut or none",
+                self.eos
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Settings::from_toml("rank = 8\nlerning_rate = 1e-4\n").unwrap_err();
+        assert!(err.to_string().contains("lerning_rate"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let mut s = Settings::from_toml("rank = 8\nalpha = 16.0\n").unwrap();
+        let flags = SettingFlags {
+            rank: Some(4),
+            ..SettingFlags::default()
+        };
+        s.apply(&flags);
+        assert_eq!((s.rank, s.alpha), (4, 16.0));
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let s = Settings {
+            model: "m.gguf".into(),
+            hard_cut: "\\n\\n".into(),
+            ..Settings::default()
+        };
+        let back = Settings::from_toml(&s.to_toml().unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn bad_numbers_are_rejected_with_the_key() {
+        for (toml, key) in [
+            ("rank = 0", "rank"),
+            ("alpha = 0.0", "alpha"),
+            ("learning_rate = -1.0", "learning_rate"),
+            ("epochs = nan", "epochs"),
+            ("dropout = 1.5", "dropout"),
+            ("eos = \"sometimes\"", "eos"),
+        ] {
+            let s = Settings::from_toml(toml).unwrap();
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! `trainer-cli train`: resolve the settings, load the model, slice the
+//! text, plan the steps, then either print the plan (`--dry-run`) or run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lora_targets::{resolve, Arch, LoraSettings, Preset};
+use prts_chunker::{chunk, read_text, unescape_hard_cut, ChunkConfig, Chunks, EosPlacement, Mode};
+use schedulers::{PlanInput, Schedule, Scheduler, StepPlan, Warmup};
+use trainer_core::Model;
+
+use crate::chunk::summary_text;
+use crate::data::encode_blocks;
+use crate::fsutil::write_atomic;
+use crate::output::{self, PARAMETERS_FILE, PREVIEW_FILE};
+use crate::progress::ProgressMode;
+use crate::session;
+use crate::settings::{SettingFlags, Settings};
+
+/// Arguments of `trainer-cli train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A TOML file with settings (the keys of training_parameters.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the resolved settings, data summary, step plan and first blocks, write the LR preview, and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace the training output already in --output.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Continue a run: `latest` (newest checkpoint of --output) or a checkpoint folder.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Blocks shown by --dry-run.
+    #[arg(long, default_value_t = 3)]
+    pub show_blocks: usize,
+    #[command(flatten)]
+    pub settings: SettingFlags,
+}
+
+/// Everything the run needs, resolved and validated.
+pub struct Prepared {
+    /// The settings as resolved (file, then flags).
+    pub settings: Settings,
+    /// The loaded base model.
+    pub model: Model,
+    /// The LoRA settings.
+    pub lora: LoraSettings,
+    /// Blocks as chunked.
+    pub chunks: Chunks,
+    /// Blocks as token ids, exactly as trained.
+    pub encoded: Vec<Vec<u32>>,
+    /// Step accounting.
+    pub plan: StepPlan,
+    /// The learning-rate schedule.
+    pub scheduler: Scheduler,
+    /// Bytes of input text.
+    pub text_bytes: usize,
+}
+
+/// The settings of this invocation: the config file (or, when resuming,
+/// the run's own training_parameters.toml), then the flags.
+pub fn resolve_settings(args: &TrainArgs) -> Result<Settings> {
+    let mut settings = match (&args.config, &args.resume) {
+        (Some(path), _) => Settings::from_file(path)?,
+        (None, Some(_)) => {
+            let out = args.settings.output.clone().unwrap_or_default();
+            let saved = out.join(PARAMETERS_FILE);
+            if saved.is_file() {
+                Settings::from_file(&saved)?
+            } else {
+                Settings::default()
+            }
+        }
+        (None, None) => Settings::default(),
+    };
+    settings.apply(&args.settings);
+    settings.validate()?;
+    if settings.model.as_os_str().is_empty() {
+        bail!("no model: give --model PATH (a Hugging Face folder or a .gguf file)");
+    }
+    if settings.text.as_os_str().is_empty() {
+        bail!("no training text: give --text FILE|DIR");
+    }
+    Ok(settings)
+}
+
+/// The chunker configuration of the settings.
+pub fn chunk_config(s: &Settings) -> ChunkConfig {
+    let eos = match s.eos.as_str() {
+        "hard-cut" => EosPlacement::HardCutOnly,
+        "none" => EosPlacement::None,
+        _ => EosPlacement::EveryBlock,
+    };
+    ChunkConfig::new(s.cutoff)
+        .with_hard_cut(&unescape_hard_cut(&s.hard_cut))
+        .with_overlap(s.overlap)
+        .with_mode(if s.dementor {
+            Mode::Dementor
+        } else {
+            Mode::Precise
+        })
+        .with_eos(eos)
+        .with_bos(s.bos)
+        .with_min_chars(s.min_chars)
+}
+
+/// Target modules: a preset name or a comma-separated list of module names.
+pub fn target_modules(spec: &str, arch: Arch, available: &[String]) -> Result<Vec<String>> {
+    let requested: Vec<String> = match Preset::from_str(spec) {
+        Ok(p) => p.modules(arch).into_iter().map(str::to_string).collect(),
+        Err(preset_err) => {
+            if !spec.contains('_') {
+                return Err(preset_err).context("setting `targets`");
+            }
+            spec.split(',')
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty())
+                .collect()
+        }
+    };
+    Ok(resolve(&requested, available).context("setting `targets`")?)
+}
+
+/// Loads, slices and plans.
+pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
+    let schedule: Schedule = settings.scheduler.parse().context("setting `scheduler`")?;
+    let cfg = chunk_config(&settings);
+    let hard_cut = unescape_hard_cut(&settings.hard_cut);
+    // Read the text before the (slower) model load, so a bad path fails fast.
+    let text = read_text(&settings.text, &hard_cut)?;
+
+    let t0 = Instant::now();
+    let model = Model::load(&settings.model, &candle_device())
+        .with_context(|| format!("cannot load model {}", settings.model.display()))?;
+    if !quiet {
+        eprintln!(
+            "loaded {} ({}, {} layers) in {:.1}s",
+            settings.model.display(),
+            model.config().model_type,
+            model.config().num_hidden_layers,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let arch = Arch::from_str(&model.config().model_type).context("model architecture")?;
+    let lora = LoraSettings {
+        r: settings.rank,
+        alpha: settings.alpha,
+        use_rslora: settings.rslora,
+        dropout: settings.dropout,
+        target_modules: target_modules(&settings.targets, arch, &model.linear_modules())?,
+        modules_to_save: if settings.train_head {
+            vec!["lm_head".into(), "embed_tokens".into()]
+        } else {
+            Vec::new()
+        },
+    };
+    lora.validate()?;
+
+    let special = model.special_tokens();
+    let mut cfg = cfg;
+    if settings.bos && special.bos.is_none() {
+        eprintln!("note: the model has no BOS token; blocks start without one");
+        cfg = cfg.with_bos(false);
+    }
+    if settings.eos != "none" && special.eos.is_none() {
+        eprintln!("note: the model has no EOS token; blocks end without one");
+        cfg = cfg.with_eos(EosPlacement::None);
+    }
+    let chunks = chunk(&text, &cfg, model.tokenizer())
+        .with_context(|| format!("cannot slice {}", settings.text.display()))?;
+    if chunks.blocks.is_empty() {
+        bail!(
+            "no training blocks in {} after slicing (min_chars = {}): give more text or lower --min-chars",
+            settings.text.display(),
+            settings.min_chars
+        );
+    }
+    let encoded = encode_blocks(&chunks.blocks, model.tokenizer(), special)?;
+    let warmup = if settings.warmup_steps > 0 {
+        Warmup::Steps(settings.warmup_steps)
+    } else {
+        Warmup::Ratio(settings.warmup_ratio)
+    };
+    let plan = StepPlan::new(PlanInput {
+        blocks: encoded.len() as u64,
+        batch_size: settings.batch_size as u64,
+        grad_accum: settings.grad_accum as u64,
+        epochs: settings.epochs,
+        warmup,
+    })?;
+    let scheduler = Scheduler::new(schedule, plan.horizon(), settings.learning_rate)?;
+    Ok(Prepared {
+        settings,
+        model,
+        lora,
+        chunks,
+        encoded,
+        plan,
+        scheduler,
+        text_bytes: text.len(),
+    })
+}
+
+/// The device training runs on: CPU, or the first CUDA device when built with `cuda`.
+pub fn candle_device() -> candle_core::Device {
+    candle_core::Device::Cpu
+}
+
+/// The step plan in words.
+pub fn plan_text(p: &Prepared) -> String {
+    let plan = &p.plan;
+    let mut out = format!(
+        "steps:          {} optimizer steps ({} per epoch x {} epochs), warmup {}\n\
+         batches:        micro-batch {} x gradient accumulation {} = {} blocks per step",
+        plan.total_steps,
+        plan.steps_per_epoch,
+        p.settings.epochs,
+        plan.warmup_steps,
+        plan.input.batch_size,
+        plan.grad_accum,
+        plan.input.batch_size * plan.grad_accum
+    );
+    for w in plan
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .chain(p.scheduler.warnings().iter().map(ToString::to_string))
+    {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
+    out
+}
+
+/// Prints what `--dry-run` shows and writes the LR preview.
+fn dry_run(p: &Prepared, show: usize) -> Result<()> {
+    println!("# resolved settings\n{}", p.settings.to_toml()?);
+    println!(
+        "# data\n{}",
+        summary_text(&p.chunks, p.text_bytes, p.settings.cutoff)
+    );
+    println!(
+        "lora:           r={} alpha={} scale={:.4} targets={}",
+        p.lora.r,
+        p.lora.alpha,
+        p.lora.scaling(),
+        p.lora.target_modules.join(",")
+    );
+    println!("\n# plan\n{}", plan_text(p));
+    for (i, ids) in p.encoded.iter().take(show).enumerate() {
+        let text = p
+            .model
+            .tokenizer()
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("cannot decode block {i}: {e}"))?;
+        println!("\n# block {i} ({} tokens, as trained)\n{text}", ids.len());
+    }
+    let out = &p.settings.output;
+    if !out.as_os_str().is_empty() {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let png = out.join(PREVIEW_FILE);
+        let points: Vec<(f64, f64)> = (0..=p.plan.total_steps)
+            .map(|s| (p.plan.epoch_at(s), p.scheduler.lr(s)))
+            .collect();
+        plot_report::render_schedule(
+            &points,
+            &format!("{} LR preview", p.scheduler.schedule()),
+            &png,
+        )?;
+        println!("\nwrote {}", png.display());
+    }
+    Ok(())
+}
+
+/// Runs `trainer-cli train`.
+pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    let settings = resolve_settings(args)?;
+    let output = settings.output.clone();
+    if !args.dry_run {
+        if output.as_os_str().is_empty() {
+            bail!("no output folder: give --output DIR");
+        }
+        if args.resume.is_none() {
+            output::prepare_new(&output, args.overwrite)?;
+        } else if !output.is_dir() {
+            bail!(
+                "--resume: output folder {} does not exist",
+                output.display()
+            );
+        }
+    }
+    let prepared = prepare(settings, false)?;
+    if args.dry_run {
+        dry_run(&prepared, args.show_blocks)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let resume_dir = match args.resume.as_deref() {
+        None => None,
+        Some("latest") => Some(output::latest_checkpoint(&output)?),
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    write_atomic(
+        &output.join(PARAMETERS_FILE),
+        prepared.settings.to_toml()?.as_bytes(),
+    )?;
+    eprintln!(
+        "{}",
+        summary_text(
+            &prepared.chunks,
+            prepared.text_bytes,
+            prepared.settings.cutoff
+        )
+    );
+    eprintln!("{}", plan_text(&prepared));
+    session::run(&prepared, resume_dir.as_deref(), args.progress, &output)
+}
+
+/// The base-model string stored in adapter_config.json.
+pub fn base_model_name(model: &Path) -> String {
+    model.display().to_string()
+}

@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary under test.
+pub fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trainer-cli"))
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The bundled sample text.
+pub fn sample_text() -> PathBuf {
+    repo().join("crates/trainer-cli/data/joseph.txt")
+}
+
+/// The real test model: `TRAINER_TEST_MODEL`, else `models/` of the repo.
+/// Fails (never skips) when it is missing: `.ci/fetch-model.sh models` fetches it.
+pub fn model() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRAINER_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let p = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "the real-model tests need SmolLM2-135M-Instruct.Q4_1.gguf: run `.ci/fetch-model.sh models` or set TRAINER_TEST_MODEL"
+    );
+    p
+}
+
+/// A fresh, empty temporary folder for one test.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainer-cli-it-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Asserts a run failed the way users should see failures: exit code 2,
+/// one `error:` line naming `needle`, and no panic.
+pub fn assert_clean_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
+    assert!(errors[0].contains(needle), "`{needle}` not in: {}", errors[0]);
+}
