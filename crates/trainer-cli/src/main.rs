@@ -9,6 +9,7 @@ mod control;
 mod data;
 mod eval;
 mod fsutil;
+mod generate;
 mod model_files;
 mod output;
 mod plot;
@@ -40,6 +41,8 @@ enum Command {
     Plot(plot::PlotArgs),
     /// Train a LoRA adapter on raw text.
     Train(Box<train::TrainArgs>),
+    /// Check the data and the step plan of a training run without training (the original's "Verify dataset").
+    Check(Box<train::TrainArgs>),
     /// Send a live command to a running training (save-now, stop, set KEY=VALUE).
     Control(control::ControlArgs),
     /// Perplexity of a model (with an optional adapter) on a text, or dump its logits.
@@ -48,6 +51,8 @@ enum Command {
     Convert(model_files::ConvertArgs),
     /// Merge an adapter into the base weights and write a Hugging Face model folder.
     Merge(model_files::MergeArgs),
+    /// Generate text with a model and an optional adapter, to try a LoRA.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,10 +62,12 @@ fn main() -> ExitCode {
         Command::Schedule(args) => schedule::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::Check(args) => train::check(&args),
         Command::Control(args) => control::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Convert(args) => model_files::convert(&args),
         Command::Merge(args) => model_files::merge(&args),
+        Command::Generate(args) => generate::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -327,3 +327,38 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
 pub fn base_model_name(model: &Path) -> String {
     model.display().to_string()
 }
+
+/// Runs `trainer-cli check`: the original's "Verify dataset", with exact
+/// numbers and suggestions, without training or writing anything.
+pub fn check(args: &TrainArgs) -> Result<ExitCode> {
+    let settings = resolve_settings(args)?;
+    let p = prepare(settings, true)?;
+    println!(
+        "{}",
+        summary_text(&p.chunks, p.text_bytes, p.settings.cutoff)
+    );
+    println!("{}", plan_text(&p));
+    let total = p.plan.total_steps;
+    let warmup = (total.div_ceil(10)).min(p.plan.steps_per_epoch).max(1);
+    println!("suggested:      warmup_steps = {warmup} (10% of the run, at most one epoch)");
+    println!(
+        "suggested:      save_every = {} .. {} (5 to 10 checkpoints over the run)",
+        total.div_ceil(10).max(1),
+        total.div_ceil(5).max(1)
+    );
+    if p.chunks.summary.pieces_split > 0 {
+        println!(
+            "note:           {} sentences are longer than the cutoff and were split at word boundaries; \
+             a larger --cutoff keeps them whole",
+            p.chunks.summary.pieces_split
+        );
+    }
+    let longest = p.chunks.summary.longest_block;
+    if longest * 2 < p.settings.cutoff {
+        println!(
+            "note:           the longest block has {longest} tokens; a --cutoff of {} would do",
+            longest.div_ceil(32) * 32
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

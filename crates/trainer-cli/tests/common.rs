@@ -48,5 +48,9 @@ pub fn assert_clean_error(out: &Output, needle: &str) {
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
-    assert!(errors[0].contains(needle), "`{needle}` not in: {}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "`{needle}` not in: {}",
+        errors[0]
+    );
 }

@@ -29,8 +29,24 @@ fn train_cmd(text: &Path, out: &Path) -> Command {
         .arg(text)
         .arg("--output")
         .arg(out)
-        .args(["--cutoff", "64", "--rank", "4", "--alpha", "8", "--batch-size", "2"])
-        .args(["--epochs", "0.6", "--learning-rate", "1e-3", "--save-every", "3"])
+        .args([
+            "--cutoff",
+            "64",
+            "--rank",
+            "4",
+            "--alpha",
+            "8",
+            "--batch-size",
+            "2",
+        ])
+        .args([
+            "--epochs",
+            "0.6",
+            "--learning-rate",
+            "1e-3",
+            "--save-every",
+            "3",
+        ])
         .args(["--save-under-loss", "0", "--progress", "jsonl"]);
     c
 }
@@ -47,7 +63,14 @@ fn tensors(path: &Path) -> std::collections::HashMap<String, candle_core::Tensor
 }
 
 fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -59,32 +82,48 @@ fn train_interrupt_resume_eval_merge() {
     let straight = d.join("straight");
     let log = run_ok(train_cmd(&text, &straight));
     assert!(log.contains("finished"), "{log}");
-    for f in ["adapter_config.json", "adapter_model.safetensors", "training_parameters.toml", "training_log.jsonl", "training_graph.png"] {
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "training_parameters.toml",
+        "training_log.jsonl",
+        "training_graph.png",
+    ] {
         assert!(straight.join(f).is_file(), "{f} missing");
     }
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(straight.join("training_log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(straight.join("training_log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     let total = records.len() as u64;
     assert!(total >= 6, "only {total} steps");
     let first = records[0]["loss"].as_f64().unwrap();
     let last = records.last().unwrap()["loss"].as_f64().unwrap();
     assert!(last < first, "loss did not go down: {first} -> {last}");
-    let saved: Vec<&str> = records.iter().filter_map(|r| r["checkpoint"].as_str()).collect();
+    let saved: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["checkpoint"].as_str())
+        .collect();
     assert_eq!(saved[0], "checkpoint-3", "{saved:?}");
     assert!(straight.join("checkpoint-3/run_state.json").is_file());
 
     // 2. Interrupted with SIGINT after step 2, then resumed.
     let resumed = d.join("resumed");
-    let mut child = train_cmd(&text, &resumed).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = train_cmd(&text, &resumed)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if line.contains("\"step\":2,") {
-            let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+            let ok = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
             assert!(ok.success());
             break;
         }
@@ -92,40 +131,77 @@ fn train_interrupt_resume_eval_merge() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("--resume latest")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("--resume latest")),
+        "{rest:?}"
+    );
     let mut c = cli();
-    c.arg("train").arg("--output").arg(&resumed).args(["--resume", "latest", "--progress", "jsonl"]);
+    c.arg("train").arg("--output").arg(&resumed).args([
+        "--resume",
+        "latest",
+        "--progress",
+        "jsonl",
+    ]);
     let log = run_ok(c);
     assert!(log.contains("resuming from"), "{log}");
     let a = std::fs::read(straight.join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(resumed.join("adapter_model.safetensors")).unwrap();
-    assert!(a == b, "interrupted + resumed adapter differs from the straight run");
+    assert!(
+        a == b,
+        "interrupted + resumed adapter differs from the straight run"
+    );
 
     // 3. A different rank on resume is refused.
     let mut c = cli();
-    c.arg("train").arg("--output").arg(&resumed).args(["--resume", "latest", "--rank", "8"]);
+    c.arg("train")
+        .arg("--output")
+        .arg(&resumed)
+        .args(["--resume", "latest", "--rank", "8"]);
     let out = c.output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 
     // 4. eval: perplexity with the adapter is recorded; logits dump works.
     let csv = d.join("evals.csv");
     let mut c = cli();
-    c.arg("eval").arg("--model").arg(model()).arg("--adapter").arg(&straight).arg("--text").arg(&text);
-    c.args(["--stride", "64", "--max-length", "128"]).arg("--csv").arg(&csv);
+    c.arg("eval")
+        .arg("--model")
+        .arg(model())
+        .arg("--adapter")
+        .arg(&straight)
+        .arg("--text")
+        .arg(&text);
+    c.args(["--stride", "64", "--max-length", "128"])
+        .arg("--csv")
+        .arg(&csv);
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("perplexity "));
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 2);
 
     // 5. merge gives the logits of base + adapter.
     let merged = d.join("merged");
     let mut c = cli();
-    c.arg("merge").arg("--model").arg(model()).arg("--adapter").arg(&straight).arg("--out").arg(&merged);
+    c.arg("merge")
+        .arg("--model")
+        .arg(model())
+        .arg("--adapter")
+        .arg(&straight)
+        .arg("--out")
+        .arg(&merged);
     run_ok(c);
     let ids = "1,504,3458,282,253,1789,28,1206,314,2";
     let dump = |model: &Path, adapter: Option<&Path>, out: &Path| {
         let mut c = cli();
-        c.arg("eval").arg("--model").arg(model).args(["--ids", ids]).arg("--dump-logits").arg(out);
+        c.arg("eval")
+            .arg("--model")
+            .arg(model)
+            .args(["--ids", ids])
+            .arg("--dump-logits")
+            .arg(out);
         if let Some(a) = adapter {
             c.arg("--adapter").arg(a);
         }
@@ -137,6 +213,18 @@ fn train_interrupt_resume_eval_merge() {
     let base = dump(&model(), None, &d.join("b.safetensors"));
     let diff = max_abs_diff(&with_adapter, &from_merged);
     assert!(diff < 1e-3, "merged logits differ by {diff}");
-    assert!(max_abs_diff(&with_adapter, &base) > 1e-3, "the adapter changed nothing");
+    assert!(
+        max_abs_diff(&with_adapter, &base) > 1e-3,
+        "the adapter changed nothing"
+    );
+
+    // 6. generate runs on the result (greedy, a few tokens).
+    let mut c = cli();
+    c.arg("generate").arg("--model").arg(model()).arg("--adapter").arg(&straight);
+    c.args(["--prompt", "And Joseph said", "--max-tokens", "5"]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("And Joseph said") && said.trim().len() > "And Joseph said".len(), "{said}");
     let _ = std::fs::remove_dir_all(&d);
 }

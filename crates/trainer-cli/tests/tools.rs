@@ -19,7 +19,11 @@ fn chunk_writes_blocks_within_the_cutoff() {
         .arg(&out_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&out_file).unwrap();
     let mut main = 0;
     for line in text.lines() {
@@ -38,11 +42,17 @@ fn schedule_prints_multipliers_and_draws() {
     let d = tempdir("schedule");
     let png = d.join("lr.png");
     let out = cli()
-        .args(["schedule", "--name", "cosine", "--total", "10", "--warmup", "2", "--png"])
+        .args([
+            "schedule", "--name", "cosine", "--total", "10", "--warmup", "2", "--png",
+        ])
         .arg(&png)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let values: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(values.len(), 11);
     assert_eq!(values[0], 0.0);
@@ -65,17 +75,41 @@ fn plot_rerenders_a_log() {
     }
     std::fs::write(&log, text).unwrap();
     let png = d.join("g.png");
-    let out = cli().arg("plot").arg(&log).arg("--out").arg(&png).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli()
+        .arg("plot")
+        .arg(&log)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }
 
 #[test]
 fn control_queues_commands_and_rejects_unknown_settings() {
     let d = tempdir("control");
-    let ok = cli().arg("control").arg(&d).args(["set", "stop_at_loss=1.5"]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let bad = cli().arg("control").arg(&d).args(["set", "rank=3"]).output().unwrap();
+    let ok = cli()
+        .arg("control")
+        .arg(&d)
+        .args(["set", "stop_at_loss=1.5"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = cli()
+        .arg("control")
+        .arg(&d)
+        .args(["set", "rank=3"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let queued = std::fs::read_to_string(d.join("control.jsonl")).unwrap();
     assert_eq!(queued.lines().count(), 1);
