@@ -24,7 +24,10 @@ fn check_config(text: &str) {
     // Accepted settings are valid and survive from_settings -> to_json -> from_json -> to_settings.
     match cfg.to_settings() {
         Ok(s) => {
-            assert!(s.validate().is_ok(), "to_settings returned invalid settings {s:?}");
+            assert!(
+                s.validate().is_ok(),
+                "to_settings returned invalid settings {s:?}"
+            );
             let again = AdapterConfig::from_settings(&s, "base");
             assert_eq!(again.to_settings().ok().as_ref(), Some(&s));
             let reread = AdapterConfig::from_json(&again.to_json())
@@ -45,7 +48,11 @@ fn check_key(key: &str) {
     for part in [LoraPart::A, LoraPart::B] {
         let made = lora_tensor_key(key, part);
         if let Ok((path, p)) = parse_lora_tensor_key(&made) {
-            assert_eq!((path.as_str(), p), (key, part), "format/parse round trip of {made:?}");
+            assert_eq!(
+                (path.as_str(), p),
+                (key, part),
+                "format/parse round trip of {made:?}"
+            );
         }
     }
 }

@@ -69,7 +69,10 @@ fuzz_target!(|input: Input| {
     if let Ok(plan) = StepPlan::new(plan_input) {
         assert!(plan.total_steps >= 1 && plan.steps_per_epoch >= 1);
         assert!(plan.grad_accum >= 1 && plan.grad_accum <= plan_input.grad_accum);
-        assert_eq!(plan.warnings.is_empty(), plan.grad_accum == plan_input.grad_accum);
+        assert_eq!(
+            plan.warnings.is_empty(),
+            plan.grad_accum == plan_input.grad_accum
+        );
         check_scheduler(schedule, plan.horizon(), input.base_lr, &input.probes);
     }
     let (t, w, e) = input.direct;
@@ -99,7 +102,11 @@ fn check_scheduler(schedule: Schedule, horizon: Horizon, base_lr: f64, probes: &
     let edges = [w, e, e.saturating_mul(2), e.saturating_mul(3), t / 2, t];
     let steps = (0..t.min(256))
         .chain(t.saturating_sub(256)..=t)
-        .chain(edges.iter().flat_map(|&x| [x.saturating_sub(1), x, x.saturating_add(1)]))
+        .chain(
+            edges
+                .iter()
+                .flat_map(|&x| [x.saturating_sub(1), x, x.saturating_add(1)]),
+        )
         .chain([t.saturating_add(1), u64::MAX])
         .chain(probes.iter().copied());
     for s in steps {
@@ -109,7 +116,10 @@ fn check_scheduler(schedule: Schedule, horizon: Horizon, base_lr: f64, probes: &
             "{schedule:?} on {horizon:?}: multiplier({s}) = {m}"
         );
         let lr = sched.lr(s);
-        assert!(lr.is_finite() && lr >= 0.0 && lr <= base_lr, "lr({s}) = {lr}");
+        assert!(
+            lr.is_finite() && lr >= 0.0 && lr <= base_lr,
+            "lr({s}) = {lr}"
+        );
     }
     let _ = sched.warnings();
 }

@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let mut all = String::new();
     for r in &log.records {
         let line = r.to_json_line();
-        assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line:?}"
+        );
         let back = RunLog::parse(&line, "line")
             .unwrap_or_else(|e| panic!("to_json_line output rejected: {e}\n{line}"));
         assert_eq!(back.records.as_slice(), std::slice::from_ref(r), "{line}");

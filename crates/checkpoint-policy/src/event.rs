@@ -169,11 +169,121 @@ pub struct Checkpoint {
     /// Optimizer step it was saved at.
     pub step: u64,
     /// Fractional epoch it was saved at.
+    #[serde(with = "any_f64")]
     pub epoch: f64,
     /// Why it was saved.
     pub reason: SaveReason,
-    /// Training loss at that step.
+    /// Training loss at that step (NaN or infinite when a diverged step was saved, e.g. by a
+    /// save-now request; stored as `"NaN"`, `"inf"` or `"-inf"`).
+    #[serde(with = "any_f64")]
     pub loss: f64,
     /// Eval loss at that step, if an evaluation ran.
+    #[serde(default, with = "any_f64_opt")]
     pub eval_loss: Option<f64>,
+}
+
+/// Serde for an `f64` that may be NaN or infinite. JSON has no such numbers (`serde_json` writes
+/// them as `null`, which does not read back as an `f64`), so they are written as the strings
+/// `"NaN"`, `"inf"` and `"-inf"`; a policy saved after a diverged step then resumes exactly.
+mod any_f64 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Repr {
+        Number(f64),
+        Text(String),
+    }
+
+    impl Repr {
+        pub(super) fn value<E: de::Error>(self) -> Result<f64, E> {
+            match self {
+                Repr::Number(x) => Ok(x),
+                Repr::Text(t) => match t.as_str() {
+                    "NaN" => Ok(f64::NAN),
+                    "inf" => Ok(f64::INFINITY),
+                    "-inf" => Ok(f64::NEG_INFINITY),
+                    _ => Err(E::invalid_value(
+                        de::Unexpected::Str(&t),
+                        &"a number, \"NaN\", \"inf\" or \"-inf\"",
+                    )),
+                },
+            }
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str("NaN")
+        } else if *x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Repr::deserialize(d)?.value()
+    }
+}
+
+/// [`any_f64`] for an optional value (`null` = absent).
+mod any_f64_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::any_f64::{self, Repr};
+
+    // `with` passes `&Option<f64>`: the signature is serde's.
+    pub(super) fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match x {
+            Some(x) => any_f64::serialize(x, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Option::<Repr>::deserialize(d)?.map(Repr::value).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_with_non_finite_losses_round_trip() {
+        // Found by the `policy` fuzz target: a save at a diverged step (NaN loss) wrote a policy
+        // whose JSON did not read back, and a NaN eval loss read back as no eval.
+        for (loss, eval) in [
+            (f64::NAN, Some(f64::NAN)),
+            (f64::INFINITY, Some(f64::NEG_INFINITY)),
+            (1.25, None),
+            (0.5, Some(0.75)),
+        ] {
+            let c = Checkpoint {
+                name: "checkpoint-3-user".into(),
+                step: 3,
+                epoch: 0.5,
+                reason: SaveReason::User,
+                loss,
+                eval_loss: eval,
+            };
+            let json = serde_json::to_string(&c).unwrap();
+            let back: Checkpoint = serde_json::from_str(&json).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{c:?}"), "{json}");
+        }
+        // Older files: plain numbers, and a missing eval loss.
+        let back: Checkpoint = serde_json::from_str(
+            r#"{"name":"checkpoint-2","step":2,"epoch":1,"reason":"periodic","loss":1.5}"#,
+        )
+        .unwrap();
+        assert_eq!((back.loss, back.eval_loss, back.epoch), (1.5, None, 1.0));
+        let err = serde_json::from_str::<Checkpoint>(
+            r#"{"name":"c","step":2,"epoch":1,"reason":"periodic","loss":"lots"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"NaN\""), "{err}");
+    }
 }

@@ -384,6 +384,28 @@ mod tests {
     }
 
     #[test]
+    fn resumes_after_saving_a_diverged_step() {
+        // Found by the `policy` fuzz target: a save-now at a NaN loss left a policy whose JSON
+        // (stored in the checkpoint for resume) did not read back.
+        let mut p = Policy::new(Settings::default()).unwrap();
+        let actions = p.decide(
+            &Event::new(1, 0.1, f64::NAN)
+                .with_save_now()
+                .with_eval_loss(f64::NAN),
+        );
+        assert!(matches!(
+            actions[0],
+            Action::Save {
+                reason: SaveReason::User,
+                ..
+            }
+        ));
+        let json = serde_json::to_string(&p).unwrap();
+        let back: Policy = serde_json::from_str(&json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{p:?}"), "{json}");
+    }
+
+    #[test]
     fn epoch_numbers() {
         assert_eq!(epoch_number(1.0), 1);
         assert_eq!(epoch_number(0.999_999_999_9), 1);

@@ -156,6 +156,8 @@ pub fn render(log: &RunLog, path: &Path, opts: &GraphOptions) -> Result<(), Erro
             expected: "a weight in [0, 1) (0 disables smoothing, 0.9 is typical)",
         });
     }
+    let timeline = log.timeline();
+    let log = &timeline;
     let s = collect(log, opts.smoothing);
     if s.loss.is_empty() && s.lr.is_empty() && s.eval.is_empty() {
         return Err(Error::NothingToPlot(

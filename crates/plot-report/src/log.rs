@@ -101,6 +101,24 @@ impl RunLog {
     }
 }
 
+impl RunLog {
+    /// The run as it finally happened: when a resumed run repeats steps (it
+    /// went on from a checkpoint older than the last logged step), the
+    /// records of the abandoned steps are dropped and the repeat kept.
+    #[must_use]
+    pub fn timeline(&self) -> RunLog {
+        let mut kept: Vec<LogRecord> = Vec::with_capacity(self.records.len());
+        for r in &self.records {
+            if kept.last().is_some_and(|last| r.step < last.step) {
+                let cut = kept.partition_point(|k| k.step < r.step);
+                kept.truncate(cut);
+            }
+            kept.push(r.clone());
+        }
+        RunLog { records: kept }
+    }
+}
+
 impl From<Vec<LogRecord>> for RunLog {
     fn from(records: Vec<LogRecord>) -> Self {
         RunLog { records }
@@ -122,6 +140,34 @@ pub fn read_log(path: impl AsRef<Path>) -> Result<RunLog, Error> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn timeline_drops_steps_abandoned_by_a_resume() {
+        let rec = |step: u64, loss: f64| LogRecord {
+            step,
+            epoch: step as f64 / 10.0,
+            loss: Some(loss),
+            ..LogRecord::default()
+        };
+        // Steps 1..=5 logged, then a resume from the step-3 checkpoint repeats 4 and 5.
+        let log = RunLog::from(vec![
+            rec(1, 3.0),
+            rec(2, 2.9),
+            rec(3, 2.8),
+            rec(4, 2.7),
+            rec(5, 2.6),
+            rec(4, 2.75),
+            rec(5, 2.65),
+            rec(6, 2.5),
+        ]);
+        let t = log.timeline();
+        let steps: Vec<u64> = t.records.iter().map(|r| r.step).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(t.records[3].loss, Some(2.75));
+        // Several records of one step (a step and its checkpoint event) are kept.
+        let same = RunLog::from(vec![rec(1, 3.0), rec(1, 3.0), rec(2, 2.0)]);
+        assert_eq!(same.timeline().records.len(), 3);
+    }
 
     #[test]
     fn parses_the_documented_format_and_ignores_unknown_fields() {

@@ -33,7 +33,7 @@ pub enum EosArg {
     None,
 }
 
-/// Chunking settings shared by `chunk`, `train` and `check`.
+/// Chunking settings of `trainer-cli chunk` (`train` has the same ones as settings).
 #[derive(Debug, Clone, Args)]
 pub struct ChunkOpts {
     /// Maximum tokens per block, as trained (BOS/EOS included).
@@ -51,13 +51,10 @@ pub struct ChunkOpts {
     /// EOS placement.
     #[arg(long, value_enum, default_value_t = EosArg::EveryBlock)]
     pub eos: EosArg,
-    /// Start every block with BOS.
-    #[arg(long, overrides_with = "no_bos")]
+    /// Start every block with BOS (true/false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub bos: bool,
-    /// Do not add BOS.
-    #[arg(long = "no-bos", overrides_with = "bos")]
-    pub no_bos: bool,
-    /// Drop blocks with at most this many non-whitespace characters (counted and reported).
+    /// Drop blocks of at most this many characters, outer whitespace not counted (counted and reported).
     #[arg(long, default_value_t = 0)]
     pub min_chars: usize,
 }
@@ -79,7 +76,7 @@ impl ChunkOpts {
             .with_overlap(self.overlap)
             .with_mode(mode)
             .with_eos(eos)
-            .with_bos(!self.no_bos)
+            .with_bos(self.bos)
             .with_min_chars(self.min_chars)
     }
 }

@@ -77,7 +77,10 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     // Hand the merged weights to candle-transformers through a standard HF folder.
     let tmp = std::env::temp_dir().join(format!("trainer-cli-generate-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    merged.save_hf_dir(&tmp)?;
+    if let Err(e) = merged.save_hf_dir(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e).context("cannot hand the merged model to the inference path");
+    }
     drop(merged);
     let loaded = (|| -> Result<(LlamaConfig, std::collections::HashMap<String, Tensor>)> {
         let cfg: LlamaConfig =

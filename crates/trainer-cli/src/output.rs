@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use checkpoint_policy::Policy;
+
+use crate::settings::Settings;
 use serde::{Deserialize, Serialize};
 
 /// The resolved settings, reusable with `--config`.
@@ -32,10 +34,10 @@ fn is_ours(name: &str) -> bool {
         )
 }
 
-/// Prepares the output folder of a new run. An existing folder with
-/// training output is refused unless `overwrite`, which then removes only
-/// what this tool wrote there.
-pub fn prepare_new(dir: &Path, overwrite: bool) -> Result<()> {
+/// What this tool wrote into an existing output folder, after checking the
+/// folder can take a new run (`overwrite` allows replacing an earlier run).
+/// Changes nothing.
+pub fn check_new(dir: &Path, overwrite: bool) -> Result<Vec<PathBuf>> {
     if dir.as_os_str().is_empty() {
         bail!("no output folder: give --output DIR (or `output` in the config file)");
     }
@@ -45,8 +47,8 @@ pub fn prepare_new(dir: &Path, overwrite: bool) -> Result<()> {
             dir.display()
         );
     }
+    let mut ours = Vec::new();
     if dir.is_dir() {
-        let mut ours = Vec::new();
         for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -61,14 +63,21 @@ pub fn prepare_new(dir: &Path, overwrite: bool) -> Result<()> {
                 dir.display()
             );
         }
-        for path in ours {
-            let removed = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            removed.with_context(|| format!("cannot remove {}", path.display()))?;
-        }
+    }
+    Ok(ours)
+}
+
+/// Prepares the output folder of a new run: [`check_new`], then removes
+/// the earlier run's files (only what this tool wrote) and creates the folder.
+/// Call it only once everything else about the run has been validated.
+pub fn prepare_new(dir: &Path, overwrite: bool) -> Result<()> {
+    for path in check_new(dir, overwrite)? {
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove {}", path.display()))?;
     }
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create output folder {}", dir.display()))
@@ -87,6 +96,8 @@ pub struct RunState {
     pub data_fingerprint: u64,
     /// The checkpoint policy, with its memory of earlier saves and thresholds.
     pub policy: Policy,
+    /// The settings the run was trained with.
+    pub settings: Settings,
 }
 
 impl RunState {

@@ -56,16 +56,7 @@ pub fn policy_settings(s: &Settings, plan: &StepPlan) -> checkpoint_policy::Sett
     checkpoint_policy::Settings {
         save_every: (s.save_every > 0).then_some(s.save_every),
         save_every_below_loss: pos(s.save_every_below_loss),
-        loss_save: pos(s.save_under_loss).map(|threshold| LossSave {
-            threshold,
-            improvement: if s.absolute_improvement {
-                Improvement::Absolute(0.09)
-            } else {
-                Improvement::Relative(s.loss_improvement)
-            },
-            min_step: LossSave::original_min_step(plan.steps_per_epoch),
-            ..LossSave::default()
-        }),
+        loss_save: pos(s.save_under_loss).map(|threshold| loss_save(s, plan, threshold)),
         save_each_epoch: s.save_each_epoch,
         save_final: false,
         stop_at_loss: pos(s.stop_at_loss),
@@ -74,6 +65,20 @@ pub fn policy_settings(s: &Settings, plan: &StepPlan) -> checkpoint_policy::Sett
         keep_last: (s.keep_last > 0).then_some(s.keep_last),
         keep_best: (s.keep_best > 0).then_some(s.keep_best),
         ..checkpoint_policy::Settings::default()
+    }
+}
+
+/// The loss-save rule of the settings at `threshold`.
+fn loss_save(s: &Settings, plan: &StepPlan, threshold: f64) -> LossSave {
+    LossSave {
+        threshold,
+        improvement: if s.absolute_improvement {
+            Improvement::Absolute(0.09)
+        } else {
+            Improvement::Relative(s.loss_improvement)
+        },
+        min_step: LossSave::original_min_step(plan.steps_per_epoch),
+        ..LossSave::default()
     }
 }
 
@@ -135,6 +140,7 @@ impl LogWriter {
 }
 
 struct Run<'a> {
+    settings: &'a Settings,
     output: &'a Path,
     base_name: String,
     fingerprint: u64,
@@ -180,6 +186,7 @@ impl Run<'_> {
             loss,
             data_fingerprint: self.fingerprint,
             policy: policy.clone(),
+            settings: self.settings.clone(),
         };
         output::write_checkpoint(self.output, name, |dir| {
             trainer.save_state(dir, &self.base_name)?;
@@ -190,7 +197,7 @@ impl Run<'_> {
     }
 }
 
-fn apply_change(policy: &mut Policy, change: Change) -> Result<()> {
+fn apply_change(policy: &mut Policy, change: Change, loss_template: LossSave) -> Result<()> {
     let mut s = policy.settings().clone();
     match change {
         Change::StopAtLoss(v) => s.stop_at_loss = (v > 0.0).then_some(v),
@@ -199,7 +206,7 @@ fn apply_change(policy: &mut Policy, change: Change) -> Result<()> {
         Change::SaveUnderLoss(v) => {
             s.loss_save = (v > 0.0).then(|| LossSave {
                 threshold: v,
-                ..s.loss_save.unwrap_or_default()
+                ..s.loss_save.unwrap_or(loss_template)
             });
         }
     }
@@ -227,6 +234,15 @@ pub fn run(
                     dir.display()
                 );
             }
+            let conflicts = state.settings.resume_conflicts(&p.settings);
+            if !conflicts.is_empty() {
+                bail!(
+                    "{} was trained with other settings: {}. Resume with the run's own settings \
+                     (only checkpoint and stopping settings may change), or start a new run",
+                    dir.display(),
+                    conflicts.join(", ")
+                );
+            }
             let trainer = Trainer::load_state(dir, &p.model)
                 .with_context(|| format!("cannot resume from {}", dir.display()))?;
             same_lora(trainer.settings(), &p.lora)?;
@@ -243,11 +259,13 @@ pub fn run(
     };
     let plan = &p.plan;
     let total = plan.total_steps;
+    let loss_template = loss_save(&p.settings, plan, 1.0);
     let mut step = trainer.steps_done();
     if step >= total {
         bail!("the checkpoint is already at step {step} of {total}: nothing left to train");
     }
     let run = Run {
+        settings: &p.settings,
         output,
         base_name: base_model_name(&p.settings.model),
         fingerprint: fp,
@@ -301,7 +319,9 @@ pub fn run(
                 ControlCommand::SaveNow => event = event.with_save_now(),
                 ControlCommand::Stop => event = event.with_stop(),
                 ControlCommand::Set { assignment } => {
-                    match parse_change(&assignment).and_then(|ch| apply_change(&mut policy, ch)) {
+                    match parse_change(&assignment)
+                        .and_then(|ch| apply_change(&mut policy, ch, loss_template))
+                    {
                         Ok(()) => run.progress.message(&format!("control: set {assignment}")),
                         Err(e) => run
                             .progress

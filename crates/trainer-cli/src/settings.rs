@@ -55,7 +55,7 @@ settings! {
     overlap: bool = true;
     /// DEMENTOR: sliding-window blocks, one sentence stride, instead of precise blocks.
     dementor: bool = false;
-    /// Drop blocks with at most this many non-whitespace characters (reported).
+    /// Drop blocks of at most this many characters, leading and trailing whitespace not counted (reported).
     min_chars: usize = 0;
     /// EOS placement: every-block, hard-cut (blocks ending at a hard cut) or none.
     eos: String = "every-block".to_string();
@@ -115,9 +115,9 @@ settings! {
     stop_loss_window: u32 = 1;
     /// Stop at the end of this epoch (0 = off).
     stop_at_epoch: u64 = 0;
-    /// Keep only the newest N periodic/epoch/loss checkpoints (0 = keep all).
+    /// Retention: keep the newest N periodic/epoch/loss checkpoints (0 = no limit; user checkpoints are never deleted).
     keep_last: usize = 0;
-    /// Also keep the N best checkpoints by loss (0 = off).
+    /// Retention: keep the N checkpoints with the best loss; with keep_last, a checkpoint either rule keeps stays (0 = no limit).
     keep_best: usize = 0;
 }
 
@@ -198,6 +198,44 @@ impl Settings {
     }
 }
 
+/// Settings a resumed run may change: the ones that only steer checkpoints
+/// and stopping, and where the text is read from (its content is checked).
+const RESUME_MAY_CHANGE: &[&str] = &[
+    "text",
+    "output",
+    "save_every",
+    "save_every_below_loss",
+    "save_under_loss",
+    "loss_improvement",
+    "absolute_improvement",
+    "save_each_epoch",
+    "stop_at_loss",
+    "stop_loss_window",
+    "stop_at_epoch",
+    "keep_last",
+    "keep_best",
+];
+
+impl Settings {
+    /// The keys whose values differ between `self` (what a checkpoint was
+    /// trained with) and `now`, other than those a resume may change.
+    pub fn resume_conflicts(&self, now: &Settings) -> Vec<String> {
+        let table = |s: &Settings| toml::Table::try_from(s).unwrap_or_default();
+        let (a, b) = (table(self), table(now));
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| !RESUME_MAY_CHANGE.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+            .map(|k| {
+                let show =
+                    |v: Option<&toml::Value>| v.map_or("unset".to_string(), ToString::to_string);
+                format!("{k} ({} -> {})", show(a.get(k)), show(b.get(k)))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +255,23 @@ mod tests {
         };
         s.apply(&flags);
         assert_eq!((s.rank, s.alpha), (4, 16.0));
+    }
+
+    #[test]
+    fn resume_conflicts_name_the_keys_that_matter() {
+        let saved = Settings::default();
+        let mut now = saved.clone();
+        now.stop_at_loss = 1.2;
+        now.text = "moved.txt".into();
+        assert!(saved.resume_conflicts(&now).is_empty());
+        now.seed = 7;
+        now.alpha = 16.0;
+        let c = saved.resume_conflicts(&now);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(
+            c[0].starts_with("alpha") && c[1].starts_with("seed"),
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -210,7 +210,8 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
     })
 }
 
-/// The device training runs on: CPU, or the first CUDA device when built with `cuda`.
+/// The device the command line runs on: the CPU (trainer-core's `cuda`
+/// feature is not wired into the command line yet).
 pub fn candle_device() -> candle_core::Device {
     candle_core::Device::Cpu
 }
@@ -284,17 +285,24 @@ fn dry_run(p: &Prepared, show: usize) -> Result<()> {
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let settings = resolve_settings(args)?;
     let output = settings.output.clone();
+    // Check everything cheap first; nothing is deleted before the run is known to be valid.
+    let mut resume_dir = None;
     if !args.dry_run {
         if output.as_os_str().is_empty() {
             bail!("no output folder: give --output DIR");
         }
-        if args.resume.is_none() {
-            output::prepare_new(&output, args.overwrite)?;
-        } else if !output.is_dir() {
-            bail!(
-                "--resume: output folder {} does not exist",
-                output.display()
-            );
+        match args.resume.as_deref() {
+            None => {
+                output::check_new(&output, args.overwrite)?;
+            }
+            Some(_) if !output.is_dir() => {
+                bail!(
+                    "--resume: output folder {} does not exist",
+                    output.display()
+                );
+            }
+            Some("latest") => resume_dir = Some(output::latest_checkpoint(&output)?),
+            Some(dir) => resume_dir = Some(PathBuf::from(dir)),
         }
     }
     let prepared = prepare(settings, false)?;
@@ -302,11 +310,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         dry_run(&prepared, args.show_blocks)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let resume_dir = match args.resume.as_deref() {
-        None => None,
-        Some("latest") => Some(output::latest_checkpoint(&output)?),
-        Some(dir) => Some(PathBuf::from(dir)),
-    };
+    if resume_dir.is_none() {
+        output::prepare_new(&output, args.overwrite)?;
+    }
     write_atomic(
         &output.join(PARAMETERS_FILE),
         prepared.settings.to_toml()?.as_bytes(),

@@ -220,11 +220,22 @@ fn train_interrupt_resume_eval_merge() {
 
     // 6. generate runs on the result (greedy, a few tokens).
     let mut c = cli();
-    c.arg("generate").arg("--model").arg(model()).arg("--adapter").arg(&straight);
+    c.arg("generate")
+        .arg("--model")
+        .arg(model())
+        .arg("--adapter")
+        .arg(&straight);
     c.args(["--prompt", "And Joseph said", "--max-tokens", "5"]);
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.starts_with("And Joseph said") && said.trim().len() > "And Joseph said".len(), "{said}");
+    assert!(
+        said.starts_with("And Joseph said") && said.trim().len() > "And Joseph said".len(),
+        "{said}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -238,7 +238,12 @@ impl Decoder<'_> {
         let h = self.rms_norm(&x, &layer.post_norm)?;
         let gate = self.proj(&h, li, 4, lora, noise)?;
         let up = self.proj(&h, li, 5, lora, noise)?;
-        let mlp = self.proj(&(candle_nn::ops::silu(&gate)? * up)?, li, 6, lora, noise)?;
+        let act = if self.fused {
+            fused::swiglu(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
+        let mlp = self.proj(&act, li, 6, lora, noise)?;
         x + mlp
     }
 

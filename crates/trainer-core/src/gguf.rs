@@ -65,7 +65,7 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
     let vocab_size = ct
         .tensor_infos
         .get("token_embd.weight")
-        .map(|i| i.shape.dims()[0])
+        .and_then(|i| i.shape.dims().first().copied())
         .ok_or_else(|| Error::model(path, "tensor `token_embd.weight` is missing"))?;
     let cfg = ModelConfig {
         model_type: arch.clone(),
