@@ -198,11 +198,17 @@ impl Settings {
     }
 }
 
-/// Settings a resumed run may change: the ones that only steer checkpoints
-/// and stopping, and where the text is read from (its content is checked).
+/// Settings a resumed run may change: the length and learning-rate plan of
+/// the rest of the run, the ones that only steer checkpoints and stopping,
+/// and where the text is read from (its content is checked).
 const RESUME_MAY_CHANGE: &[&str] = &[
     "text",
     "output",
+    "epochs",
+    "learning_rate",
+    "scheduler",
+    "warmup_steps",
+    "warmup_ratio",
     "save_every",
     "save_every_below_loss",
     "save_under_loss",

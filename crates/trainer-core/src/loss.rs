@@ -3,6 +3,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use crate::decoder::nll_rows;
@@ -37,7 +39,15 @@ pub(crate) fn nll_sum_composed(h: &Tensor, head: &Tensor, targets: &Tensor) -> R
 struct FusedCe {
     head: Tensor,
     targets: Vec<u32>,
+    /// `softmax - onehot` per chunk, kept from forward for backward when small enough (else recomputed).
+    cache: Mutex<Vec<Vec<f32>>>,
+    /// Largest `rows × vocab` to keep in `cache`.
+    cache_limit: usize,
 }
+
+/// Largest `rows × vocab` whose `softmax - onehot` is kept between forward and backward (256 MB of f32); above
+/// it the backward recomputes the logits chunk by chunk.
+const CE_CACHE_MAX: usize = 64 << 20;
 
 impl FusedCe {
     fn logits(&self, h: &Tensor, start: usize, len: usize) -> Result<Tensor> {
@@ -67,16 +77,30 @@ impl CustomOp1 for FusedCe {
                 .logits(&h, start, len)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
+            let mut logits = logits;
             let vocab = logits.len() / len;
             let targets = &self.targets[start..start + len];
-            out[start..start + len]
-                .par_iter_mut()
-                .zip(logits.par_chunks(vocab))
-                .zip(targets.par_iter())
-                .for_each(|((o, row), &t)| {
-                    let (max, sum) = max_and_sum_exp(row);
-                    *o = ((sum.ln() + f64::from(max)) - f64::from(row[t as usize])) as f32;
-                });
+            let keep = n * vocab <= self.cache_limit;
+            if keep {
+                out[start..start + len]
+                    .par_iter_mut()
+                    .zip(logits.par_chunks_mut(vocab))
+                    .zip(targets.par_iter())
+                    .for_each(|((o, row), &t)| *o = softmax_minus_onehot(row, t as usize));
+                self.cache
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("fused CE: poisoned cache".into()))?
+                    .push(logits);
+            } else {
+                out[start..start + len]
+                    .par_iter_mut()
+                    .zip(logits.par_chunks(vocab))
+                    .zip(targets.par_iter())
+                    .for_each(|((o, row), &t)| {
+                        let (max, sum) = max_and_sum_exp(row);
+                        *o = ((sum.ln() + f64::from(max)) - f64::from(row[t as usize])) as f32;
+                    });
+            }
             start += len;
         }
         Ok((CpuStorage::F32(out), Shape::from(n)))
@@ -86,33 +110,60 @@ impl CustomOp1 for FusedCe {
         let n = h.dim(0)?;
         let g = g.to_vec1::<f32>()?;
         let mut parts = Vec::new();
+        let mut cached = std::mem::take(
+            &mut *self
+                .cache
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused CE: poisoned cache".into()))?,
+        )
+        .into_iter();
         let mut start = 0;
         while start < n {
             let len = CE_CHUNK.min(n - start);
-            let mut p = self
-                .logits(h, start, len)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let vocab = p.len() / len;
             let targets = &self.targets[start..start + len];
+            // d nll / d logits = softmax - onehot (kept from forward, or recomputed), times the row gradient.
+            let mut p = match cached.next() {
+                Some(p) => p,
+                None => {
+                    let mut p = self
+                        .logits(h, start, len)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    let vocab = p.len() / len;
+                    p.par_chunks_mut(vocab)
+                        .zip(targets.par_iter())
+                        .for_each(|(row, &t)| {
+                            softmax_minus_onehot(row, t as usize);
+                        });
+                    p
+                }
+            };
+            let vocab = p.len() / len;
             let grads = &g[start..start + len];
-            // d nll / d logits = softmax - onehot, times the incoming row gradient.
             p.par_chunks_mut(vocab)
-                .zip(targets.par_iter())
                 .zip(grads.par_iter())
-                .for_each(|((row, &t), &gr)| {
-                    let (max, sum) = max_and_sum_exp(row);
-                    let inv = (1.0 / sum) as f32;
-                    row.iter_mut()
-                        .for_each(|v| *v = (*v - max).exp() * inv * gr);
-                    row[t as usize] -= gr;
-                });
+                .for_each(|(row, &gr)| row.iter_mut().for_each(|v| *v *= gr));
             let p = Tensor::from_vec(p, (len, vocab), h.device())?;
             parts.push(p.matmul(&self.head)?);
             start += len;
         }
         Ok(Some(Tensor::cat(&parts, 0)?))
     }
+}
+
+/// Turns a row of logits into `softmax - onehot(t)` in place and returns the NLL of `t`.
+fn softmax_minus_onehot(row: &mut [f32], t: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let x_t = row[t];
+    let mut sum = 0f64;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+    row[t] -= 1.0;
+    ((sum.ln() + f64::from(max)) - f64::from(x_t)) as f32
 }
 
 /// Row maximum and `Σ exp(x - max)` (accumulated in f64).
@@ -124,12 +175,24 @@ fn max_and_sum_exp(row: &[f32]) -> (f32, f64) {
 
 /// The training loss: the fused chunked op on CPU with a frozen head, else the composed version.
 pub(crate) fn nll_sum(h: &Tensor, head: &Tensor, targets: &Tensor, fused: bool) -> Result<Tensor> {
+    nll_sum_limited(h, head, targets, fused, CE_CACHE_MAX)
+}
+
+fn nll_sum_limited(
+    h: &Tensor,
+    head: &Tensor,
+    targets: &Tensor,
+    fused: bool,
+    cache_limit: usize,
+) -> Result<Tensor> {
     if !fused || !h.device().is_cpu() || head.track_op() {
         return nll_sum_composed(h, head, targets);
     }
     let op = FusedCe {
         head: head.clone(),
         targets: targets.to_vec1::<u32>()?,
+        cache: Mutex::new(Vec::new()),
+        cache_limit,
     };
     h.contiguous()?.apply_op1(op)?.sum_all()
 }
@@ -149,22 +212,24 @@ mod tests {
             Tensor::from_vec(rng.uniform(v * hdim, -1.0, 1.0), (v, hdim), &Device::Cpu).unwrap();
         let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
         let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
-        let a = nll_sum(h.as_tensor(), &head, &targets, true).unwrap();
-        let b = nll_sum_composed(h.as_tensor(), &head, &targets).unwrap();
-        let (fa, fb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
-        assert!((fa - fb).abs() / fb.abs() < 1e-5, "{fa} vs {fb}");
-        let ga = a.backward().unwrap();
-        let gb = b.backward().unwrap();
-        let d = (ga.get(h.as_tensor()).unwrap() - gb.get(h.as_tensor()).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-5, "gradients differ by {d}");
+        for limit in [CE_CACHE_MAX, 0] {
+            let a = nll_sum_limited(h.as_tensor(), &head, &targets, true, limit).unwrap();
+            let b = nll_sum_composed(h.as_tensor(), &head, &targets).unwrap();
+            let (fa, fb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+            assert!((fa - fb).abs() / fb.abs() < 1e-5, "{fa} vs {fb}");
+            let ga = a.backward().unwrap();
+            let gb = b.backward().unwrap();
+            let d = (ga.get(h.as_tensor()).unwrap() - gb.get(h.as_tensor()).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "gradients differ by {d} (cache limit {limit})");
+        }
     }
 }
