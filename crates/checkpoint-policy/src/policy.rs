@@ -261,7 +261,10 @@ impl Policy {
         let qualifies = loss.is_finite()
             && loss > 0.0
             && step > ls.min_step
-            && self.loss_save_threshold().is_some_and(|thr| loss <= thr);
+            && self.loss_save_threshold().is_some_and(|thr| loss <= thr)
+            // Each save beats the last even where the rule rounds away (a relative drop below
+            // f64 precision, an absolute rule on a huge loss).
+            && self.state.last_loss_save.is_none_or(|last| loss < last);
         if !qualifies {
             self.state.loss_streak = 0;
             return false;
@@ -381,6 +384,36 @@ mod tests {
             save_now,
             stop: false,
         }
+    }
+
+    #[test]
+    fn loss_saves_strictly_improve_with_a_tiny_relative_drop() {
+        // Found by the `policy` fuzz target: with a relative improvement below f64 precision,
+        // `last * (1 - r) == last`, and an equal loss saved again.
+        let mut p = Policy::new(Settings {
+            loss_save: Some(LossSave {
+                threshold: 2.0,
+                improvement: Improvement::Relative(1e-300),
+                patience: 1,
+                min_step: 0,
+            }),
+            ..Settings::default()
+        })
+        .unwrap();
+        let saved = |p: &mut Policy, step, loss| {
+            p.decide(&Event::new(step, 0.0, loss)).iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Save {
+                        reason: SaveReason::Loss,
+                        ..
+                    }
+                )
+            })
+        };
+        assert!(saved(&mut p, 1, 1.5));
+        assert!(!saved(&mut p, 2, 1.5));
+        assert!(saved(&mut p, 3, 1.25));
     }
 
     #[test]

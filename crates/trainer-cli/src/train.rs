@@ -127,7 +127,7 @@ pub fn target_modules(spec: &str, arch: Arch, available: &[String]) -> Result<Ve
                 .collect()
         }
     };
-    Ok(resolve(&requested, available).context("setting `targets`")?)
+    resolve(&requested, available).context("setting `targets`")
 }
 
 /// Loads, slices and plans.
