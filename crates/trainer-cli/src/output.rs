@@ -90,8 +90,8 @@ pub struct RunState {
     pub format: u32,
     /// Optimizer steps done.
     pub step: u64,
-    /// Loss of the last step.
-    pub loss: f64,
+    /// Loss of the last step (`None` when it was not a finite number).
+    pub loss: Option<f64>,
     /// Fingerprint of the training data (blocks as token ids): resuming on other data is refused.
     pub data_fingerprint: u64,
     /// The checkpoint policy, with its memory of earlier saves and thresholds.

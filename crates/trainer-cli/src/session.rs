@@ -183,7 +183,7 @@ impl Run<'_> {
         let state = RunState {
             format: 1,
             step: trainer.steps_done(),
-            loss,
+            loss: loss.is_finite().then_some(loss),
             data_fingerprint: self.fingerprint,
             policy: policy.clone(),
             settings: self.settings.clone(),
@@ -249,7 +249,7 @@ pub fn run(
             let mut policy = state.policy;
             policy.update(policy_settings(&p.settings, &p.plan))?;
             eprintln!("resuming from {} at step {}", dir.display(), state.step);
-            (trainer, policy, state.loss)
+            (trainer, policy, state.loss.unwrap_or(f64::NAN))
         }
         None => {
             let trainer =
