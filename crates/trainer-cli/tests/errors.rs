@@ -1,31 +1,43 @@
 //! Every error path a user can hit exits 2 with one clear line, no panic.
 
+use std::path::Path;
+use std::process::{Command, Output};
+
 use crate::common::{assert_clean_error, cli, model, sample_text, tempdir};
+
+/// `train` on `model` and `text` into `out`, plus `extra`.
+fn train_on(model: &Path, text: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut c: Command = cli();
+    c.arg("train")
+        .arg("--model")
+        .arg(model)
+        .arg("--text")
+        .arg(text);
+    c.arg("--output").arg(out).args(extra);
+    c.output().unwrap()
+}
+
+/// `train` on the real model and the sample text into `out`, plus `extra`.
+fn train(out: &Path, extra: &[&str]) -> Output {
+    train_on(&model(), &sample_text(), out, extra)
+}
 
 #[test]
 fn missing_model() {
     let d = tempdir("missing-model");
-    let out = cli()
-        .args(["train", "--model", "no/such/model.gguf", "--text"])
-        .arg(sample_text())
-        .arg("--output")
-        .arg(d.join("out"))
-        .output()
-        .unwrap();
+    let out = train_on(
+        Path::new("no/such/model.gguf"),
+        &sample_text(),
+        &d.join("out"),
+        &[],
+    );
     assert_clean_error(&out, "no/such/model.gguf");
 }
 
 #[test]
 fn unreadable_text() {
     let d = tempdir("unreadable");
-    let out = cli()
-        .arg("train")
-        .arg("--model")
-        .arg(model())
-        .args(["--text", "no/such/text.txt", "--output"])
-        .arg(d.join("out"))
-        .output()
-        .unwrap();
+    let out = train_on(&model(), Path::new("no/such/text.txt"), &d.join("out"), &[]);
     assert_clean_error(&out, "no/such/text.txt");
 }
 
@@ -34,18 +46,7 @@ fn bad_config_key() {
     let d = tempdir("badkey");
     let cfg = d.join("run.toml");
     std::fs::write(&cfg, "rank = 8\nlerning_rate = 1e-4\n").unwrap();
-    let out = cli()
-        .arg("train")
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--model")
-        .arg(model())
-        .arg("--text")
-        .arg(sample_text())
-        .arg("--output")
-        .arg(d.join("out"))
-        .output()
-        .unwrap();
+    let out = train(&d.join("out"), &["--config", cfg.to_str().unwrap()]);
     assert_clean_error(&out, "lerning_rate");
 }
 
@@ -58,52 +59,20 @@ fn rank_zero_and_nan_numbers() {
         ("--epochs=-1", "epochs"),
         ("--alpha=0", "alpha"),
     ] {
-        let out = cli()
-            .arg("train")
-            .arg("--model")
-            .arg(model())
-            .arg("--text")
-            .arg(sample_text())
-            .arg("--output")
-            .arg(d.join("out"))
-            .arg(flag)
-            .output()
-            .unwrap();
-        assert_clean_error(&out, key);
+        assert_clean_error(&train(&d.join("out"), &[flag]), key);
     }
 }
 
 #[test]
 fn cutoff_smaller_than_bos_eos() {
     let d = tempdir("cutoff");
-    let out = cli()
-        .arg("train")
-        .arg("--model")
-        .arg(model())
-        .arg("--text")
-        .arg(sample_text())
-        .arg("--output")
-        .arg(d.join("out"))
-        .args(["--cutoff", "2"])
-        .output()
-        .unwrap();
-    assert_clean_error(&out, "cutoff");
+    assert_clean_error(&train(&d.join("out"), &["--cutoff", "2"]), "cutoff");
 }
 
 #[test]
 fn no_blocks_after_chunking() {
     let d = tempdir("noblocks");
-    let out = cli()
-        .arg("train")
-        .arg("--model")
-        .arg(model())
-        .arg("--text")
-        .arg(sample_text())
-        .arg("--output")
-        .arg(d.join("out"))
-        .args(["--min-chars", "1000000"])
-        .output()
-        .unwrap();
+    let out = train(&d.join("out"), &["--min-chars", "1000000"]);
     assert_clean_error(&out, "no training blocks");
 }
 
@@ -112,18 +81,26 @@ fn output_that_is_a_file() {
     let d = tempdir("outfile");
     let f = d.join("out");
     std::fs::write(&f, "precious").unwrap();
-    let out = cli()
-        .arg("train")
-        .arg("--model")
-        .arg(model())
-        .arg("--text")
-        .arg(sample_text())
-        .arg("--output")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_clean_error(&out, "is a file");
+    assert_clean_error(&train(&f, &[]), "is a file");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "precious");
+}
+
+#[test]
+fn a_bad_setting_never_costs_the_earlier_run() {
+    let d = tempdir("keep");
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("training_log.jsonl"),
+        "{\"step\":1,\"epoch\":0.1}\n",
+    )
+    .unwrap();
+    let res = train(&out, &["--overwrite", "--scheduler", "cosine_annealing"]);
+    assert_clean_error(&res, "scheduler");
+    assert!(
+        out.join("training_log.jsonl").exists(),
+        "--overwrite deleted the run before validating"
+    );
 }
 
 #[test]
