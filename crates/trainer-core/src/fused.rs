@@ -366,25 +366,14 @@ mod tests {
     use super::*;
     use crate::ops;
     use crate::rng::Rng;
+    use crate::test_util::{max_diff, rand};
+    use candle_core::backprop::GradStore;
+
+    /// Gradients of the scalar `sum(t * proj)`: a random projection turns any output into a loss.
+    fn projected_grads(t: &Tensor, proj: &Tensor) -> GradStore {
+        (t * proj).unwrap().sum_all().unwrap().backward().unwrap()
+    }
     use candle_core::{Device, Var};
-
-    fn rand(rng: &mut Rng, shape: &[usize]) -> Tensor {
-        let n = shape.iter().product();
-        Tensor::from_vec(rng.uniform(n, -1.0, 1.0), shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Compares forward values and input gradients (through a random projection loss) of two implementations.
     fn check(
@@ -402,18 +391,8 @@ mod tests {
             max_diff(&yf, &yc)
         );
         let proj = rand(&mut rng, yf.dims());
-        let gf = (&yf * &proj)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (&yc * &proj)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = projected_grads(&yf, &proj);
+        let gc = projected_grads(&yc, &proj);
         let (gf, gc) = (
             gf.get(x.as_tensor()).unwrap(),
             gc.get(x.as_tensor()).unwrap(),
@@ -478,18 +457,8 @@ mod tests {
             .unwrap();
             assert!(max_diff(&fused, &composed) < 1e-5);
             let proj = rand(&mut rng, fused.dims());
-            let gf = (&fused * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gc = (&composed * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let gf = projected_grads(&fused, &proj);
+            let gc = projected_grads(&composed, &proj);
             for v in [&x, &a, &b] {
                 let d = max_diff(
                     gf.get(v.as_tensor()).unwrap(),
@@ -509,18 +478,8 @@ mod tests {
         let composed = (candle_nn::ops::silu(gate.as_tensor()).unwrap() * up.as_tensor()).unwrap();
         assert!(max_diff(&fused, &composed) < 1e-5);
         let proj = rand(&mut rng, fused.dims());
-        let gf = (&fused * &proj)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (&composed * &proj)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = projected_grads(&fused, &proj);
+        let gc = projected_grads(&composed, &proj);
         for v in [&gate, &up] {
             let d = max_diff(
                 gf.get(v.as_tensor()).unwrap(),

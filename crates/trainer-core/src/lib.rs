@@ -70,6 +70,8 @@ mod model;
 mod ops;
 mod optim;
 mod rng;
+#[cfg(test)]
+mod test_util;
 mod tokenizer;
 mod train;
 

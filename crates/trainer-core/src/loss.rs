@@ -201,6 +201,7 @@ fn nll_sum_limited(
 mod tests {
     use super::*;
     use crate::rng::Rng;
+    use crate::test_util::max_diff;
     use candle_core::Var;
 
     #[test]
@@ -219,16 +220,10 @@ mod tests {
             assert!((fa - fb).abs() / fb.abs() < 1e-5, "{fa} vs {fb}");
             let ga = a.backward().unwrap();
             let gb = b.backward().unwrap();
-            let d = (ga.get(h.as_tensor()).unwrap() - gb.get(h.as_tensor()).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_diff(
+                ga.get(h.as_tensor()).unwrap(),
+                gb.get(h.as_tensor()).unwrap(),
+            );
             assert!(d < 1e-5, "gradients differ by {d} (cache limit {limit})");
         }
     }

@@ -6,6 +6,8 @@ use candle_core::{Device, Tensor, D};
 use lora_targets::LoraSettings;
 use trainer_core::{Adapter, Model, ModelConfig, Sample, TrainConfig, Trainer};
 
+use crate::common::max_abs_diff;
+
 fn tiny() -> Model {
     let cfg = ModelConfig {
         model_type: "llama".into(),
@@ -154,15 +156,7 @@ fn fused_kernels_give_the_composed_gradients() {
     );
     let (ga, gb) = (a.gradients(&batch).unwrap(), b.gradients(&batch).unwrap());
     for (key, x) in &ga {
-        let d = (x - &gb[key])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let d = d.to_scalar::<f32>().unwrap();
+        let d = max_abs_diff(x, &gb[key]);
         assert!(
             d < 1e-5,
             "{key}: fused and composed gradients differ by {d}"
@@ -215,15 +209,7 @@ fn gradient_checkpointing_gives_the_same_steps_with_dropout_and_neftune() {
         b.gradients(&[sample()]).unwrap(),
     );
     for (key, x) in &ga {
-        let d = (x - &gb[key])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let d = d.to_scalar::<f32>().unwrap();
+        let d = max_abs_diff(x, &gb[key]);
         assert!(d < 1e-5, "{key}: checkpointed gradients differ by {d}");
     }
 }
@@ -268,30 +254,10 @@ fn modules_to_save_train_and_round_trip_through_peft_files() {
             m.logits(Some(&adapter), &ids).unwrap(),
             m.logits(Some(&back), &ids).unwrap(),
         );
-        let d = (x - &y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&x, &y);
         assert_eq!(d, 0.0);
         let base = m.logits(None, &ids).unwrap();
-        let moved = (y - base)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        assert!(
-            moved.to_scalar::<f32>().unwrap() > 1e-4,
-            "training changed nothing"
-        );
+        assert!(max_abs_diff(&y, &base) > 1e-4, "training changed nothing");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
