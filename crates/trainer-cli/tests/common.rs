@@ -54,3 +54,14 @@ pub fn assert_clean_error(out: &Output, needle: &str) {
         errors[0]
     );
 }
+
+/// Runs `c`, asserting it succeeded (showing its stderr otherwise).
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

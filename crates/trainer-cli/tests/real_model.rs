@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::{cli, model, sample_text, tempdir};
+use crate::common::{cli, model, run_ok, sample_text, tempdir};
 
 /// A few kilobytes of the sample, cut at a line end.
 fn small_text(dir: &Path) -> PathBuf {
@@ -51,11 +51,9 @@ fn train_cmd(text: &Path, out: &Path) -> Command {
     c
 }
 
-fn run_ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    stderr
+/// Runs `c`, asserting success, and returns its stderr.
+fn stderr_ok(mut c: Command) -> String {
+    String::from_utf8_lossy(&run_ok(&mut c).stderr).into_owned()
 }
 
 fn tensors(path: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
@@ -80,7 +78,7 @@ fn train_interrupt_resume_eval_merge() {
 
     // 1. Straight through.
     let straight = d.join("straight");
-    let log = run_ok(train_cmd(&text, &straight));
+    let log = stderr_ok(train_cmd(&text, &straight));
     assert!(log.contains("finished"), "{log}");
     for f in [
         "adapter_config.json",
@@ -142,7 +140,7 @@ fn train_interrupt_resume_eval_merge() {
         "--progress",
         "jsonl",
     ]);
-    let log = run_ok(c);
+    let log = stderr_ok(c);
     assert!(log.contains("resuming from"), "{log}");
     let a = std::fs::read(straight.join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(resumed.join("adapter_model.safetensors")).unwrap();
@@ -173,12 +171,7 @@ fn train_interrupt_resume_eval_merge() {
     c.args(["--stride", "64", "--max-length", "128"])
         .arg("--csv")
         .arg(&csv);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&mut c);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("perplexity "));
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 2);
 
@@ -192,7 +185,7 @@ fn train_interrupt_resume_eval_merge() {
         .arg(&straight)
         .arg("--out")
         .arg(&merged);
-    run_ok(c);
+    stderr_ok(c);
     let ids = "1,504,3458,282,253,1789,28,1206,314,2";
     let dump = |model: &Path, adapter: Option<&Path>, out: &Path| {
         let mut c = cli();
@@ -205,7 +198,7 @@ fn train_interrupt_resume_eval_merge() {
         if let Some(a) = adapter {
             c.arg("--adapter").arg(a);
         }
-        run_ok(c);
+        stderr_ok(c);
         tensors(out).remove("logits").unwrap()
     };
     let with_adapter = dump(&model(), Some(&straight), &d.join("a.safetensors"));
@@ -226,12 +219,7 @@ fn train_interrupt_resume_eval_merge() {
         .arg("--adapter")
         .arg(&straight);
     c.args(["--prompt", "And Joseph said", "--max-tokens", "5"]);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&mut c);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.starts_with("And Joseph said") && said.trim().len() > "And Joseph said".len(),

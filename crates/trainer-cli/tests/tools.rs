@@ -1,6 +1,6 @@
 //! `chunk`, `schedule`, `plot` and `control` as a user runs them.
 
-use crate::common::{cli, repo, sample_text, tempdir};
+use crate::common::{cli, repo, run_ok, sample_text, tempdir};
 
 fn shared_tokenizer() -> std::path::PathBuf {
     repo().join("../shared/data/smollm2-tokenizer.json")
@@ -10,19 +10,14 @@ fn shared_tokenizer() -> std::path::PathBuf {
 fn chunk_writes_blocks_within_the_cutoff() {
     let d = tempdir("chunk");
     let out_file = d.join("blocks.jsonl");
-    let out = cli()
-        .args(["chunk", "--cutoff", "64", "--text"])
-        .arg(sample_text())
-        .arg("--tokenizer")
-        .arg(shared_tokenizer())
-        .arg("--out")
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        cli()
+            .args(["chunk", "--cutoff", "64", "--text"])
+            .arg(sample_text())
+            .arg("--tokenizer")
+            .arg(shared_tokenizer())
+            .arg("--out")
+            .arg(&out_file),
     );
     let text = std::fs::read_to_string(&out_file).unwrap();
     let mut main = 0;
@@ -41,17 +36,12 @@ fn chunk_writes_blocks_within_the_cutoff() {
 fn schedule_prints_multipliers_and_draws() {
     let d = tempdir("schedule");
     let png = d.join("lr.png");
-    let out = cli()
-        .args([
-            "schedule", "--name", "cosine", "--total", "10", "--warmup", "2", "--png",
-        ])
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        cli()
+            .args([
+                "schedule", "--name", "cosine", "--total", "10", "--warmup", "2", "--png",
+            ])
+            .arg(&png),
     );
     let values: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(values.len(), 11);
@@ -75,34 +65,18 @@ fn plot_rerenders_a_log() {
     }
     std::fs::write(&log, text).unwrap();
     let png = d.join("g.png");
-    let out = cli()
-        .arg("plot")
-        .arg(&log)
-        .arg("--out")
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(cli().arg("plot").arg(&log).arg("--out").arg(&png));
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }
 
 #[test]
 fn control_queues_commands_and_rejects_unknown_settings() {
     let d = tempdir("control");
-    let ok = cli()
-        .arg("control")
-        .arg(&d)
-        .args(["set", "stop_at_loss=1.5"])
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+    run_ok(
+        cli()
+            .arg("control")
+            .arg(&d)
+            .args(["set", "stop_at_loss=1.5"]),
     );
     let bad = cli()
         .arg("control")
