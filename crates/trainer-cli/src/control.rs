@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use crate::output::{CONTROL_FILE, LOG_FILE};
+use crate::output::{CONTROL_FILE, PARAMETERS_FILE};
 
 /// Arguments of `trainer-cli control`.
 #[derive(Debug, Args)]
@@ -85,8 +85,11 @@ pub fn parse_change(assignment: &str) -> Result<Change> {
 
 /// Runs `trainer-cli control`.
 pub fn run(args: &ControlArgs) -> Result<ExitCode> {
-    if !args.dir.join(LOG_FILE).exists() && !args.dir.is_dir() {
-        bail!("{} is not a training output folder", args.dir.display());
+    if !args.dir.join(PARAMETERS_FILE).is_file() {
+        bail!(
+            "{} is not the output folder of a training run (it has no {PARAMETERS_FILE}): give the --output of the running train",
+            args.dir.display()
+        );
     }
     if let ControlCommand::Set { assignment } = &args.command {
         parse_change(assignment)?;

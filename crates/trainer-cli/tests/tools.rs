@@ -72,6 +72,13 @@ fn plot_rerenders_a_log() {
 #[test]
 fn control_queues_commands_and_rejects_unknown_settings() {
     let d = tempdir("control");
+    let stray = cli().arg("control").arg(&d).arg("stop").output().unwrap();
+    assert_eq!(
+        stray.status.code(),
+        Some(2),
+        "a folder without a run was accepted"
+    );
+    std::fs::write(d.join("training_parameters.toml"), "rank = 8\n").unwrap();
     run_ok(
         cli()
             .arg("control")
