@@ -48,6 +48,15 @@ pub enum Error {
         /// What is wrong and what to do.
         message: String,
     },
+    /// A dataset, format file or chat template is malformed, or a record does not fit it. The message names the
+    /// record (1-based, and its line in JSON Lines files) and what to do.
+    #[error("{path}: {message}")]
+    Dataset {
+        /// The dataset, format or template file.
+        path: PathBuf,
+        /// Where (record, line, field), what is wrong and what to do.
+        message: String,
+    },
     /// The tokenizer could not be built or failed on the input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -89,6 +98,13 @@ impl Error {
 
     pub(crate) fn adapter(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Adapter {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn dataset(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Dataset {
             path: path.into(),
             message: message.into(),
         }

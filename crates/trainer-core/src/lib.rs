@@ -58,8 +58,10 @@
 
 mod adapter;
 mod config;
+pub mod dataset;
 mod decoder;
 mod error;
+mod evaluate;
 mod fused;
 mod gguf;
 mod hf;
@@ -78,6 +80,7 @@ mod train;
 pub use adapter::{Adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
+pub use evaluate::{evaluate, EvalStats};
 pub use model::Model;
 pub use optim::AdamWParams;
 pub use tokenizer::SpecialTokens;

@@ -10,3 +10,5 @@ mod hf_dir;
 mod training;
 // Finite differences and fused-vs-composed gradients on a tiny random model.
 mod gradcheck;
+// Instruction and chat datasets: format files, chat templates, label masks.
+mod dataset;

@@ -1,0 +1,243 @@
+//! Chat datasets: `{"messages": [{"role": ..., "content": ...}, ...]}` rendered with the model's Jinja chat template
+//! (minijinja, configured as transformers configures jinja2: `trim_blocks`, `lstrip_blocks`, Python string methods),
+//! and the byte spans of the assistant turns in the rendered text.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use minijinja::{context, Environment, ErrorKind};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::records::Record;
+use crate::error::{Error, Result};
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant` (or any role the template knows).
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// The conversation of a chat record; errors name the record and the message.
+pub fn messages_of(rec: &Record, dataset: &Path) -> Result<Vec<Message>> {
+    let err = |m: String| Error::dataset(dataset, format!("{}: {m}", rec.location()));
+    let list = match rec.fields.get("messages") {
+        Some(Value::Array(l)) => l,
+        Some(_) => return Err(err("`messages` is not a list".into())),
+        None => {
+            return Err(err(format!(
+                "has no `messages` list (keys: {}): a chat dataset needs one per record; for instruction data \
+                 give a format file (--format)",
+                rec.keys()
+            )))
+        }
+    };
+    if list.is_empty() {
+        return Err(err("`messages` is empty".into()));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |name: &str| match m.get(name) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(err(format!(
+                    "message {} has a `{name}` that is not a string",
+                    i + 1
+                ))),
+                None => Err(err(format!("message {} has no `{name}`", i + 1))),
+            };
+            if !m.is_object() {
+                return Err(err(format!("message {} is not an object", i + 1)));
+            }
+            Ok(Message {
+                role: field("role")?,
+                content: field("content")?,
+            })
+        })
+        .collect()
+}
+
+/// A compiled chat template with the special-token strings it may use.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    origin: PathBuf,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+const NAME: &str = "chat_template";
+
+impl ChatTemplate {
+    /// Compiles `source`. `origin` names where it came from in errors (a file, or the model);
+    /// `bos_token` / `eos_token` are the strings the template sees as `bos_token` / `eos_token`.
+    pub fn new(source: &str, origin: &Path, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| {
+                Error::dataset(origin, format!("not a valid chat template: {}", detail(&e)))
+            })?;
+        Ok(Self {
+            env,
+            origin: origin.to_path_buf(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// Renders a conversation, as transformers' `apply_chat_template(messages, tokenize=False,
+    /// add_generation_prompt=...)` does.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let t = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| Error::dataset(&self.origin, detail(&e)))?;
+        t.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| {
+            Error::dataset(
+                &self.origin,
+                format!("cannot render the chat template: {}", detail(&e)),
+            )
+        })
+    }
+
+    /// The rendered conversation and the byte spans of its assistant turns. Turn `i` spans from the end of the
+    /// conversation up to it rendered with the generation prompt, to the end of the conversation up to and
+    /// including it rendered without, trailing whitespace excluded: the reply and its end-of-turn token(s).
+    /// Fails when the template does not render prefixes of a conversation as prefixes of its rendering.
+    pub fn assistant_spans(&self, messages: &[Message]) -> Result<(String, Vec<Range<usize>>)> {
+        let full = self.render(messages, false)?;
+        let mut spans = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            if m.role != "assistant" {
+                continue;
+            }
+            let start = self.render(&messages[..i], true)?;
+            let upto = self.render(&messages[..=i], false)?;
+            if !(full.starts_with(&upto) && upto.starts_with(&start)) {
+                return Err(Error::dataset(
+                    &self.origin,
+                    format!(
+                        "the chat template does not render the conversation up to message {} as a prefix of the \
+                         whole conversation, so the assistant turns cannot be located: use --train-on all",
+                        i + 1
+                    ),
+                ));
+            }
+            let end = start.len() + upto[start.len()..].trim_end().len();
+            if end > start.len() {
+                spans.push(start.len()..end);
+            }
+        }
+        Ok((full, spans))
+    }
+}
+
+fn detail(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}\
+                          {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    fn msgs(list: &[(&str, &str)]) -> Vec<Message> {
+        list.iter()
+            .map(|(r, c)| Message {
+                role: r.to_string(),
+                content: c.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spans_cover_each_reply_and_its_end_token() {
+        let t = ChatTemplate::new(CHATML, Path::new("t.jinja"), "<s>", "</s>").unwrap();
+        let m = msgs(&[
+            ("user", "Hi"),
+            ("assistant", "Hello!"),
+            ("user", "Bye"),
+            ("assistant", "Bye."),
+        ]);
+        let (text, spans) = t.assistant_spans(&m).unwrap();
+        let parts: Vec<&str> = spans.iter().map(|s| &text[s.clone()]).collect();
+        assert_eq!(parts, ["Hello!<|im_end|>", "Bye.<|im_end|>"]);
+    }
+
+    #[test]
+    fn python_methods_and_raise_exception_work() {
+        let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
+                   {{ messages[0]['content'].strip().upper() }}{{ bos_token }}";
+        let t = ChatTemplate::new(src, Path::new("t.jinja"), "<s>", "</s>").unwrap();
+        assert_eq!(
+            t.render(&msgs(&[("user", " hi ")]), false).unwrap(),
+            "HI<s>"
+        );
+        let e = t
+            .render(&msgs(&[("system", "x")]), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("first must be user") && e.contains("t.jinja"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_templates_and_messages_are_named() {
+        let e = ChatTemplate::new("{% for %}", Path::new("t.jinja"), "", "").unwrap_err();
+        assert!(e.to_string().contains("t.jinja"), "{e}");
+        let recs = crate::dataset::records::parse_records(
+            "{\"messages\":[{\"role\":\"user\"}]}\n{\"text\":\"x\"}\n",
+            Path::new("c.jsonl"),
+        )
+        .unwrap();
+        let e = messages_of(&recs[0], Path::new("c.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("record 1 (line 1): message 1 has no `content`"),
+            "{e}"
+        );
+        let e = messages_of(&recs[1], Path::new("c.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("record 2 (line 2)") && e.contains("--format"),
+            "{e}"
+        );
+    }
+}
