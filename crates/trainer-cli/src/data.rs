@@ -109,15 +109,11 @@ pub fn step_batches(plan: &StepPlan, order: &[usize], step: u64) -> Vec<Vec<usiz
         .collect()
 }
 
-/// Turns block indices into trainer samples.
-pub fn samples(encoded: &[Vec<u32>], batches: &[Vec<usize>]) -> Vec<Vec<Sample>> {
+/// Turns sample indices into the micro-batches of a step.
+pub fn samples(all: &[Sample], batches: &[Vec<usize>]) -> Vec<Vec<Sample>> {
     batches
         .iter()
-        .map(|b| {
-            b.iter()
-                .map(|&i| Sample::causal(encoded[i].clone()))
-                .collect()
-        })
+        .map(|b| b.iter().map(|&i| all[i].clone()).collect())
         .collect()
 }
 

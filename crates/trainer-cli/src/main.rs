@@ -7,6 +7,7 @@
 mod chunk;
 mod control;
 mod data;
+mod dataset;
 mod eval;
 mod fsutil;
 mod generate;

@@ -210,6 +210,36 @@ pub fn fingerprint(blocks: &[Vec<u32>]) -> u64 {
     h
 }
 
+/// The fingerprint of a run's data: [`fingerprint`] of the training token ids (so a raw-text run keeps the value
+/// it always had), extended with the labels and the eval set when any label is masked or an eval set exists.
+pub fn data_fingerprint(train: &[trainer_core::Sample], eval: &[trainer_core::Sample]) -> u64 {
+    let ids: Vec<Vec<u32>> = train.iter().map(|s| s.input_ids.clone()).collect();
+    let base = fingerprint(&ids);
+    let causal = |s: &trainer_core::Sample| {
+        s.labels
+            .iter()
+            .zip(&s.input_ids)
+            .all(|(&l, &i)| l == i64::from(i))
+    };
+    if eval.is_empty() && train.iter().all(causal) {
+        return base;
+    }
+    // Labels as u32 (-100 -> u32::MAX - 1, which no vocabulary reaches), then the eval set.
+    let label = |l: i64| u32::try_from(l).unwrap_or(u32::MAX - 1);
+    let mut more: Vec<Vec<u32>> = vec![vec![(base >> 32) as u32, base as u32]];
+    more.extend(
+        train
+            .iter()
+            .map(|s| s.labels.iter().map(|&l| label(l)).collect()),
+    );
+    more.push(Vec::new());
+    for s in eval {
+        more.push(s.input_ids.clone());
+        more.push(s.labels.iter().map(|&l| label(l)).collect());
+    }
+    fingerprint(&more)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +276,30 @@ mod tests {
         assert_eq!(fs::read_to_string(d.join("checkpoint-2/x")).unwrap(), "2");
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn data_fingerprint_sees_masks_and_eval_sets() {
+        use trainer_core::{Sample, IGNORE_INDEX};
+        let train = vec![Sample::causal(vec![1, 2, 3]), Sample::causal(vec![4, 5])];
+        assert_eq!(
+            data_fingerprint(&train, &[]),
+            fingerprint(&[vec![1, 2, 3], vec![4, 5]])
+        );
+        let mut masked = train.clone();
+        masked[0].labels[1] = IGNORE_INDEX;
+        let eval = vec![Sample::causal(vec![7, 8])];
+        let all = [
+            data_fingerprint(&train, &[]),
+            data_fingerprint(&masked, &[]),
+            data_fingerprint(&train, &eval),
+            data_fingerprint(&masked, &eval),
+        ];
+        for i in 0..all.len() {
+            for j in i + 1..all.len() {
+                assert_ne!(all[i], all[j], "{i} vs {j}");
+            }
+        }
     }
 
     #[test]

@@ -15,11 +15,11 @@ use checkpoint_policy::{Action, Event, Improvement, LossSave, Policy, StopReason
 use lora_targets::LoraSettings;
 use plot_report::{read_log, render, GraphOptions, LogRecord};
 use schedulers::StepPlan;
-use trainer_core::{AdamWParams, TrainConfig, Trainer};
+use trainer_core::{evaluate, AdamWParams, TrainConfig, Trainer};
 
 use crate::control::{parse_change, Change, ControlCommand, ControlReader};
 use crate::data::{epoch_order, samples, step_batches};
-use crate::output::{self, fingerprint, RunState, GRAPH_FILE, LOG_FILE, RUN_STATE_FILE};
+use crate::output::{self, data_fingerprint, RunState, GRAPH_FILE, LOG_FILE, RUN_STATE_FILE};
 use crate::progress::{Progress, ProgressMode};
 use crate::settings::Settings;
 use crate::train::{base_model_name, Prepared};
@@ -64,6 +64,7 @@ pub fn policy_settings(s: &Settings, plan: &StepPlan) -> checkpoint_policy::Sett
         stop_at_epoch: (s.stop_at_epoch > 0).then_some(s.stop_at_epoch),
         keep_last: (s.keep_last > 0).then_some(s.keep_last),
         keep_best: (s.keep_best > 0).then_some(s.keep_best),
+        save_best_eval: s.save_best_eval,
         ..checkpoint_policy::Settings::default()
     }
 }
@@ -223,7 +224,7 @@ pub fn run(
     install_signal_handler()?;
     let special = p.model.special_tokens();
     let pad_id = special.pad.or(special.eos).unwrap_or(0);
-    let fp = fingerprint(&p.encoded);
+    let fp = data_fingerprint(&p.data.samples, &p.data.eval);
     let fresh_policy = || Policy::new(policy_settings(&p.settings, &p.plan));
     let (mut trainer, mut policy, mut loss) = match resume {
         Some(dir) => {
@@ -282,10 +283,19 @@ pub fn run(
     while step < total {
         let epoch_index = step / plan.steps_per_epoch;
         if epoch_index != order_epoch {
-            order = epoch_order(p.encoded.len(), p.settings.seed, epoch_index);
+            order = epoch_order(p.data.samples.len(), p.settings.seed, epoch_index);
+            if p.settings.group_by_length {
+                let lengths: Vec<usize> =
+                    p.data.samples.iter().map(|s| s.input_ids.len()).collect();
+                order = trainer_core::dataset::select::group_by_length(
+                    &order,
+                    &lengths,
+                    plan.input.batch_size as usize,
+                );
+            }
             order_epoch = epoch_index;
         }
-        let batch = samples(&p.encoded, &step_batches(plan, &order, step));
+        let batch = samples(&p.data.samples, &step_batches(plan, &order, step));
         let lr = p.scheduler.lr(step);
         let t0 = Instant::now();
         let stats = trainer
@@ -307,8 +317,35 @@ pub fn run(
         loss = stats.loss;
 
         let mut event = Event::new(step, plan.epoch_at(step), loss);
-        if step % plan.steps_per_epoch == 0 || step == total {
+        let epoch_end = step % plan.steps_per_epoch == 0 || step == total;
+        if epoch_end {
             event = event.with_epoch_end();
+        }
+        let eval_now = !p.data.eval.is_empty()
+            && (step == total
+                || if p.settings.eval_steps > 0 {
+                    step % p.settings.eval_steps == 0
+                } else {
+                    epoch_end
+                });
+        let mut eval_loss = None;
+        if eval_now {
+            let adapter = trainer.adapter()?;
+            let e = evaluate(
+                &p.model,
+                Some(&adapter),
+                &p.data.eval,
+                plan.input.batch_size as usize,
+                pad_id,
+                &never,
+            )
+            .with_context(|| format!("evaluation at step {step}"))?;
+            run.progress.message(&format!(
+                "step {step}: eval loss {:.4} ({} tokens)",
+                e.loss, e.tokens
+            ));
+            event = event.with_eval_loss(e.loss);
+            eval_loss = Some(e.loss);
         }
         let (commands, errors) = control.poll();
         for e in errors {
@@ -342,6 +379,7 @@ pub fn run(
             grad_norm: Some(stats.grad_norm),
             tokens_per_s: Some(stats.tokens as f64 / seconds.max(1e-9)),
             time_s: Some(run.progress.elapsed()),
+            eval_loss,
             ..LogRecord::default()
         };
         for action in policy.decide(&event) {

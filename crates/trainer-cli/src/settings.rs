@@ -45,6 +45,32 @@ settings! {
     model: PathBuf = PathBuf::new();
     /// Raw text: a file, or a folder of .txt files (joined with the hard cut).
     text: PathBuf = PathBuf::new();
+    /// Dataset: a JSON array or JSON Lines file of instruction records (with `format`) or chat records (`messages`).
+    dataset: PathBuf = PathBuf::new();
+    /// Format file for an instruction dataset: {"instruction,output": "... %instruction% ... %output%"}.
+    format: PathBuf = PathBuf::new();
+    /// Chat template (Jinja) for a chat dataset, instead of the model's own.
+    chat_template: PathBuf = PathBuf::new();
+    /// Chat datasets: learn the assistant replies only (responses) or every token (all).
+    train_on: String = "responses".to_string();
+    /// Instruction datasets: learn only what follows the first occurrence of this string ("" = everything).
+    train_only_after: String = String::new();
+    /// Drop dataset samples longer than the cutoff instead of truncating them (counted and reported).
+    eliminate_long: bool = false;
+    /// Evaluation dataset (same kind and format as the dataset), scored with the eval loss.
+    eval_dataset: PathBuf = PathBuf::new();
+    /// Carve this fraction of the training samples out as the eval set (seeded; 0 = off).
+    eval_split: f64 = 0.0;
+    /// Evaluate every N optimizer steps (0 = at the end of every epoch); the last step is always evaluated.
+    eval_steps: u64 = 0;
+    /// Save `checkpoint-N-best-LOSS` whenever the eval loss beats every earlier one.
+    save_best_eval: bool = true;
+    /// Hybrid runs (text and dataset): percent of the dataset samples used (a seeded sample).
+    hybrid_data_ratio: f64 = 100.0;
+    /// Hybrid runs (text and dataset): percent of the text blocks used (a seeded sample).
+    hybrid_text_ratio: f64 = 100.0;
+    /// Batch samples of similar length together (less padding); the batch order stays seeded.
+    group_by_length: bool = false;
     /// Output folder for the adapter, checkpoints, log and graph.
     output: PathBuf = PathBuf::new();
     /// Maximum tokens per block, as trained (BOS/EOS included).
@@ -155,6 +181,9 @@ impl Settings {
             ("save_under_loss", self.save_under_loss),
             ("loss_improvement", self.loss_improvement),
             ("stop_at_loss", self.stop_at_loss),
+            ("eval_split", self.eval_split),
+            ("hybrid_data_ratio", self.hybrid_data_ratio),
+            ("hybrid_text_ratio", self.hybrid_text_ratio),
         ];
         for (key, v) in finite {
             if !v.is_finite() {
@@ -188,6 +217,46 @@ impl Settings {
                 self.dropout
             );
         }
+        if self.eval_split >= 1.0 {
+            bail!(
+                "setting `eval_split` is {}: give a fraction of the training samples in [0, 1), e.g. 0.1",
+                self.eval_split
+            );
+        }
+        for (key, v) in [
+            ("hybrid_data_ratio", self.hybrid_data_ratio),
+            ("hybrid_text_ratio", self.hybrid_text_ratio),
+        ] {
+            if v > 100.0 {
+                bail!("setting `{key}` is {v}: give a percentage in [0, 100]");
+            }
+        }
+        if self.eval_split > 0.0 && !self.eval_dataset.as_os_str().is_empty() {
+            bail!("settings `eval_split` and `eval_dataset` are both set: give one of them");
+        }
+        if !matches!(self.train_on.as_str(), "responses" | "all") {
+            bail!(
+                "setting `train_on` is {:?}: give responses or all",
+                self.train_on
+            );
+        }
+        let has = |p: &PathBuf| !p.as_os_str().is_empty();
+        if self.dataset.as_os_str().is_empty() {
+            for (key, set) in [
+                ("format", has(&self.format)),
+                ("chat_template", has(&self.chat_template)),
+                ("eval_dataset", has(&self.eval_dataset)),
+                ("train_only_after", !self.train_only_after.is_empty()),
+            ] {
+                if set {
+                    bail!("setting `{key}` needs a dataset: give --dataset FILE");
+                }
+            }
+        } else if has(&self.format) && has(&self.chat_template) {
+            bail!("settings `format` and `chat_template` are both set: a dataset is either instruction data (format) or chat data (chat template)");
+        } else if !has(&self.format) && !self.train_only_after.is_empty() {
+            bail!("setting `train_only_after` applies to instruction datasets (with --format); for chat data use --train-on responses");
+        }
         if !matches!(self.eos.as_str(), "every-block" | "hard-cut" | "none") {
             bail!(
                 "setting `eos` is {:?}: give every-block, hard-cut or none",
@@ -200,9 +269,16 @@ impl Settings {
 
 /// Settings a resumed run may change: the length and learning-rate plan of
 /// the rest of the run, the ones that only steer checkpoints and stopping,
-/// and where the text is read from (its content is checked).
+/// and where the text, dataset, format, template and eval set are read from (what they produce, the samples
+/// as token ids and labels, is checked by the data fingerprint).
 const RESUME_MAY_CHANGE: &[&str] = &[
     "text",
+    "dataset",
+    "format",
+    "chat_template",
+    "eval_dataset",
+    "eval_steps",
+    "save_best_eval",
     "output",
     "epochs",
     "learning_rate",
@@ -300,6 +376,18 @@ mod tests {
             ("epochs = nan", "epochs"),
             ("dropout = 1.5", "dropout"),
             ("eos = \"sometimes\"", "eos"),
+            ("train_on = \"prompts\"", "train_on"),
+            ("eval_split = 1.0", "eval_split"),
+            ("hybrid_text_ratio = 101.0", "hybrid_text_ratio"),
+            ("format = \"f.json\"", "format"),
+            (
+                "dataset = \"d.json\"\ntrain_only_after = \"x\"",
+                "train_only_after",
+            ),
+            (
+                "dataset = \"d.json\"\neval_dataset = \"e.json\"\neval_split = 0.1",
+                "eval_split",
+            ),
         ] {
             let s = Settings::from_toml(toml).unwrap();
             let err = s.validate().unwrap_err().to_string();

@@ -15,6 +15,7 @@ use trainer_core::Model;
 
 use crate::chunk::summary_text;
 use crate::data::encode_blocks;
+use crate::dataset::{self, RunData};
 use crate::fsutil::write_atomic;
 use crate::output::{self, PARAMETERS_FILE, PREVIEW_FILE};
 use crate::progress::ProgressMode;
@@ -42,6 +43,10 @@ pub struct TrainArgs {
     /// Blocks shown by --dry-run.
     #[arg(long, default_value_t = 3)]
     pub show_blocks: usize,
+    /// Write every training and eval sample as trained (decoded, special tokens shown, masked spans marked) to
+    /// this JSON Lines file.
+    #[arg(long)]
+    pub dump_dataset: Option<PathBuf>,
     #[command(flatten)]
     pub settings: SettingFlags,
 }
@@ -54,10 +59,10 @@ pub struct Prepared {
     pub model: Model,
     /// The LoRA settings.
     pub lora: LoraSettings,
-    /// Blocks as chunked.
-    pub chunks: Chunks,
-    /// Blocks as token ids, exactly as trained.
-    pub encoded: Vec<Vec<u32>>,
+    /// Raw-text blocks as chunked (`None`: no --text).
+    pub chunks: Option<Chunks>,
+    /// Training and eval samples, exactly as trained.
+    pub data: RunData,
     /// Step accounting.
     pub plan: StepPlan,
     /// The learning-rate schedule.
@@ -87,8 +92,8 @@ pub fn resolve_settings(args: &TrainArgs) -> Result<Settings> {
     if settings.model.as_os_str().is_empty() {
         bail!("no model: give --model PATH (a Hugging Face folder or a .gguf file)");
     }
-    if settings.text.as_os_str().is_empty() {
-        bail!("no training text: give --text FILE|DIR");
+    if settings.text.as_os_str().is_empty() && settings.dataset.as_os_str().is_empty() {
+        bail!("no training data: give --text FILE|DIR, --dataset FILE, or both (hybrid)");
     }
     Ok(settings)
 }
@@ -135,8 +140,14 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
     let schedule: Schedule = settings.scheduler.parse().context("setting `scheduler`")?;
     let cfg = chunk_config(&settings);
     let hard_cut = unescape_hard_cut(&settings.hard_cut);
-    // Read the text before the (slower) model load, so a bad path fails fast.
-    let text = read_text(&settings.text, &hard_cut)?;
+    // Read the data before the (slower) model load, so a bad path or file fails fast.
+    let has_text = !settings.text.as_os_str().is_empty();
+    let text = if has_text {
+        read_text(&settings.text, &hard_cut)?
+    } else {
+        String::new()
+    };
+    let files = dataset::read_files(&settings)?;
 
     let t0 = Instant::now();
     let model = Model::load(&settings.model, &candle_device())
@@ -175,23 +186,29 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
         eprintln!("note: the model has no EOS token; blocks end without one");
         cfg = cfg.with_eos(EosPlacement::None);
     }
-    let chunks = chunk(&text, &cfg, model.tokenizer())
-        .with_context(|| format!("cannot slice {}", settings.text.display()))?;
-    if chunks.blocks.is_empty() {
-        bail!(
-            "no training blocks in {} after slicing (min_chars = {}): give more text or lower --min-chars",
-            settings.text.display(),
-            settings.min_chars
-        );
-    }
-    let encoded = encode_blocks(&chunks.blocks, model.tokenizer(), special)?;
+    let (chunks, encoded) = if has_text {
+        let chunks = chunk(&text, &cfg, model.tokenizer())
+            .with_context(|| format!("cannot slice {}", settings.text.display()))?;
+        if chunks.blocks.is_empty() {
+            bail!(
+                "no training blocks in {} after slicing (min_chars = {}): give more text or lower --min-chars",
+                settings.text.display(),
+                settings.min_chars
+            );
+        }
+        let encoded = encode_blocks(&chunks.blocks, model.tokenizer(), special)?;
+        (Some(chunks), encoded)
+    } else {
+        (None, Vec::new())
+    };
+    let data = dataset::build(&settings, files, &model, encoded)?;
     let warmup = if settings.warmup_steps > 0 {
         Warmup::Steps(settings.warmup_steps)
     } else {
         Warmup::Ratio(settings.warmup_ratio)
     };
     let plan = StepPlan::new(PlanInput {
-        blocks: encoded.len() as u64,
+        blocks: data.samples.len() as u64,
         batch_size: settings.batch_size as u64,
         grad_accum: settings.grad_accum as u64,
         epochs: settings.epochs,
@@ -203,7 +220,7 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
         model,
         lora,
         chunks,
-        encoded,
+        data,
         plan,
         scheduler,
         text_bytes: text.len(),
@@ -241,13 +258,30 @@ pub fn plan_text(p: &Prepared) -> String {
     out
 }
 
+/// The data summary: the text's slicing, then the dataset, hybrid and eval figures.
+pub fn data_text(p: &Prepared) -> String {
+    let mut out = String::new();
+    if let Some(chunks) = &p.chunks {
+        out.push_str(&summary_text(chunks, p.text_bytes, p.settings.cutoff));
+        out.push('\n');
+    }
+    out.push_str(&dataset::summary_text(&p.data, &p.settings));
+    out
+}
+
+/// Writes `--dump-dataset` when asked.
+fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
+    if let Some(path) = path {
+        let n = dataset::dump(path, &p.data, p.model.tokenizer())?;
+        eprintln!("wrote {n} samples as trained to {}", path.display());
+    }
+    Ok(())
+}
+
 /// Prints what `--dry-run` shows and writes the LR preview.
 fn dry_run(p: &Prepared, show: usize) -> Result<()> {
     println!("# resolved settings\n{}", p.settings.to_toml()?);
-    println!(
-        "# data\n{}",
-        summary_text(&p.chunks, p.text_bytes, p.settings.cutoff)
-    );
+    println!("# data\n{}", data_text(p));
     println!(
         "lora:           r={} alpha={} scale={:.4} targets={}",
         p.lora.r,
@@ -256,13 +290,32 @@ fn dry_run(p: &Prepared, show: usize) -> Result<()> {
         p.lora.target_modules.join(",")
     );
     println!("\n# plan\n{}", plan_text(p));
-    for (i, ids) in p.encoded.iter().take(show).enumerate() {
-        let text = p
-            .model
-            .tokenizer()
-            .decode(ids, false)
-            .map_err(|e| anyhow::anyhow!("cannot decode block {i}: {e}"))?;
-        println!("\n# block {i} ({} tokens, as trained)\n{text}", ids.len());
+    for (i, sample) in p.data.samples.iter().take(show).enumerate() {
+        let segments = trainer_core::dataset::dump_segments(p.model.tokenizer(), sample)?;
+        let masked = sample.labels[1..].contains(&trainer_core::IGNORE_INDEX);
+        let text: String = segments
+            .iter()
+            .map(|s| {
+                if s.learned || !masked {
+                    s.text.clone()
+                } else {
+                    format!("[[masked: {}]]", s.text)
+                }
+            })
+            .collect();
+        let what = match p.data.origins[i] {
+            dataset::Origin::Block(b) => format!("text block {b}"),
+            dataset::Origin::Record(r) => format!("dataset record {r}"),
+        };
+        println!(
+            "\n# sample {i}: {what} ({} tokens, as trained{})\n{text}",
+            sample.input_ids.len(),
+            if masked {
+                "; [[masked: ...]] is not learned"
+            } else {
+                ""
+            }
+        );
     }
     let out = &p.settings.output;
     if !out.as_os_str().is_empty() {
@@ -306,6 +359,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         }
     }
     let prepared = prepare(settings, false)?;
+    dump_if_asked(&prepared, args.dump_dataset.as_deref())?;
     if args.dry_run {
         dry_run(&prepared, args.show_blocks)?;
         return Ok(ExitCode::SUCCESS);
@@ -317,14 +371,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         &output.join(PARAMETERS_FILE),
         prepared.settings.to_toml()?.as_bytes(),
     )?;
-    eprintln!(
-        "{}",
-        summary_text(
-            &prepared.chunks,
-            prepared.text_bytes,
-            prepared.settings.cutoff
-        )
-    );
+    eprintln!("{}", data_text(&prepared));
     eprintln!("{}", plan_text(&prepared));
     session::run(&prepared, resume_dir.as_deref(), args.progress, &output)
 }
@@ -339,11 +386,10 @@ pub fn base_model_name(model: &Path) -> String {
 pub fn check(args: &TrainArgs) -> Result<ExitCode> {
     let settings = resolve_settings(args)?;
     let p = prepare(settings, true)?;
-    println!(
-        "{}",
-        summary_text(&p.chunks, p.text_bytes, p.settings.cutoff)
-    );
+    dump_if_asked(&p, args.dump_dataset.as_deref())?;
+    println!("{}", data_text(&p));
     println!("{}", plan_text(&p));
+    println!("{}", padding_text(&p));
     let total = p.plan.total_steps;
     let warmup = (total.div_ceil(10)).min(p.plan.steps_per_epoch).max(1);
     println!("suggested:      warmup_steps = {warmup} (10% of the run, at most one epoch)");
@@ -352,19 +398,43 @@ pub fn check(args: &TrainArgs) -> Result<ExitCode> {
         total.div_ceil(10).max(1),
         total.div_ceil(5).max(1)
     );
-    if p.chunks.summary.pieces_split > 0 {
+    let split = p.chunks.as_ref().map_or(0, |c| c.summary.pieces_split);
+    if split > 0 {
         println!(
-            "note:           {} sentences are longer than the cutoff and were split at word boundaries; \
-             a larger --cutoff keeps them whole",
-            p.chunks.summary.pieces_split
+            "note:           {split} sentences are longer than the cutoff and were split at word boundaries; \
+             a larger --cutoff keeps them whole"
         );
     }
-    let longest = p.chunks.summary.longest_block;
+    let longest = p
+        .data
+        .samples
+        .iter()
+        .map(|s| s.input_ids.len())
+        .max()
+        .unwrap_or(0);
     if longest * 2 < p.settings.cutoff {
         println!(
-            "note:           the longest block has {longest} tokens; a --cutoff of {} would do",
+            "note:           the longest sample has {longest} tokens; a --cutoff of {} would do",
             longest.div_ceil(32) * 32
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Token positions one epoch computes with dynamic padding, in the seeded order and length-grouped: the figure
+/// behind `group_by_length`.
+pub fn padding_text(p: &Prepared) -> String {
+    let lengths: Vec<usize> = p.data.samples.iter().map(|s| s.input_ids.len()).collect();
+    let real: usize = lengths.iter().sum();
+    let bs = p.settings.batch_size;
+    let order = crate::data::epoch_order(lengths.len(), p.settings.seed, 0);
+    let plain = trainer_core::dataset::select::padded_tokens(&order, &lengths, bs);
+    let grouped_order = trainer_core::dataset::select::group_by_length(&order, &lengths, bs);
+    let grouped = trainer_core::dataset::select::padded_tokens(&grouped_order, &lengths, bs);
+    format!(
+        "padding:        {real} real tokens per epoch; {plain} positions computed in micro-batches of {bs} \
+         ({:.2}x), {grouped} with group_by_length ({:.2}x)",
+        plain as f64 / real.max(1) as f64,
+        grouped as f64 / real.max(1) as f64
+    )
 }

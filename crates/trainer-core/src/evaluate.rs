@@ -132,10 +132,9 @@ mod tests {
             .unwrap();
         let mut sum = 0f64;
         let mut n = 0;
-        for pos in 0..s.input_ids.len() - 1 {
-            let l = s.labels[pos + 1];
+        for (row, &l) in lsm.iter().zip(&s.labels[1..]) {
             if l != IGNORE_INDEX {
-                sum -= f64::from(lsm[pos][l as usize]);
+                sum -= f64::from(row[l as usize]);
                 n += 1;
             }
         }

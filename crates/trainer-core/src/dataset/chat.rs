@@ -62,7 +62,7 @@ pub fn messages_of(rec: &Record, dataset: &Path) -> Result<Vec<Message>> {
 
 /// A compiled chat template with the special-token strings it may use.
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    env: Box<Environment<'static>>,
     origin: PathBuf,
     bos_token: String,
     eos_token: String,
@@ -97,7 +97,7 @@ impl ChatTemplate {
                 Error::dataset(origin, format!("not a valid chat template: {}", detail(&e)))
             })?;
         Ok(Self {
-            env,
+            env: Box::new(env),
             origin: origin.to_path_buf(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),

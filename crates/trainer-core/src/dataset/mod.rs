@@ -114,7 +114,7 @@ pub fn labeled_text(
             (
                 LabeledText {
                     text,
-                    learn: vec![start..end],
+                    learn: std::iter::once(start..end).collect(),
                     add_bos: opts.bos,
                     add_eos: opts.eos,
                 },
@@ -134,7 +134,7 @@ pub fn labeled_text(
                 TrainOn::All => {
                     let t = template.render(&messages, false).map_err(wrap)?;
                     let n = t.len();
-                    (t, vec![0..n])
+                    (t, std::iter::once(0..n).collect())
                 }
             };
             (

@@ -44,16 +44,37 @@ pub fn split_indices(n: usize, fraction: f64, seed: u64) -> Option<(Vec<usize>, 
     Some((train, eval))
 }
 
-/// Reorders an epoch's sample order so that neighbouring samples have similar lengths (transformers'
-/// `LengthGroupedSampler`): the shuffled order is cut into mega-batches of `50 * batch_size` samples, each sorted
-/// longest first. With dynamic padding every micro-batch then pads to a length close to its own samples'.
+/// Reorders an epoch's sample order so that neighbouring samples have similar lengths (as transformers'
+/// `LengthGroupedSampler` does): the shuffled order is cut into mega-batches of `50 * batch_size` samples, each
+/// sorted by length and cut into micro-batches of consecutive lengths. The order of the samples within the
+/// mega-batches stays seeded (it comes from `order`). When the last micro-batch of the epoch is short, the
+/// samples it takes are the run of sorted lengths that pads least.
 pub fn group_by_length(order: &[usize], lengths: &[usize], batch_size: usize) -> Vec<usize> {
-    let mega = (batch_size.max(1)).saturating_mul(50);
+    let bs = batch_size.max(1);
     let mut out = Vec::with_capacity(order.len());
-    for chunk in order.chunks(mega) {
+    for chunk in order.chunks(bs.saturating_mul(50)) {
         let mut c = chunk.to_vec();
-        c.sort_by(|a, b| lengths[*b].cmp(&lengths[*a]));
-        out.extend(c);
+        c.sort_by_key(|&i| lengths[i]);
+        let r = c.len() % bs;
+        if r == 0 {
+            out.extend(c);
+            continue;
+        }
+        // The short micro-batch takes sorted positions g*bs .. g*bs+r; the full ones the runs around it.
+        let full = c.len() / bs;
+        let cost = |g: usize| {
+            let max_at = |end: usize| lengths[c[end - 1]];
+            let before: usize = (1..=g).map(|j| bs * max_at(j * bs)).sum();
+            let after: usize = (1..=full - g)
+                .map(|j| bs * max_at(g * bs + r + j * bs))
+                .sum();
+            before + r * max_at(g * bs + r) + after
+        };
+        let g = (0..=full).min_by_key(|&g| cost(g)).unwrap_or(0);
+        let (start, end) = (g * bs, g * bs + r);
+        out.extend(&c[..start]);
+        out.extend(&c[end..]);
+        out.extend(&c[start..end]);
     }
     out
 }
@@ -114,7 +135,11 @@ mod tests {
             s.sort_unstable();
             prop_assert_eq!(s, order.clone());
             if lengths.len() <= 50 * bs {
-                prop_assert!(padded_tokens(&g, &lengths, bs) <= padded_tokens(&order, &lengths, bs));
+                let reversed: Vec<usize> = order.iter().rev().copied().collect();
+                let best = padded_tokens(&g, &lengths, bs);
+                prop_assert!(best <= padded_tokens(&order, &lengths, bs));
+                prop_assert!(best <= padded_tokens(&reversed, &lengths, bs));
+                prop_assert_eq!(best, padded_tokens(&group_by_length(&reversed, &lengths, bs), &lengths, bs));
             }
         }
     }

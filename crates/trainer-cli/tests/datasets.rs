@@ -1,0 +1,286 @@
+//! Instruction and chat datasets through `check`, `train --dry-run`, `--dump-dataset` and a real training run with
+//! an eval set; every malformed input exits 2 with one line naming the file and record.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::{assert_clean_error, cli, model, repo, run_ok, sample_text, tempdir};
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("crates/trainer-core/tests/fixtures").join(name)
+}
+
+/// `check` on the real model with `extra` flags.
+fn check(extra: &[&str]) -> Command {
+    let mut c = cli();
+    c.arg("check").arg("--model").arg(model()).args(extra);
+    c
+}
+
+fn alpaca_flags() -> Vec<String> {
+    vec![
+        "--dataset".into(),
+        fixture("alpaca.json").display().to_string(),
+        "--format".into(),
+        fixture("alpaca-format.json").display().to_string(),
+        "--cutoff".into(),
+        "64".into(),
+    ]
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn str_args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn check_reports_masks_and_dump_marks_them() {
+    let d = tempdir("ds-dump");
+    let dump = d.join("dump.jsonl");
+    let mut flags = alpaca_flags();
+    flags.extend(["--train-only-after".into(), "### Response:\\n".into()]);
+    let out = run_ok(check(&str_args(&flags)).arg("--dump-dataset").arg(&dump));
+    let text = stdout(&out);
+    assert!(
+        text.contains("records:        3 (3 samples kept)"),
+        "{text}"
+    );
+    assert!(text.contains("(8 learned, the rest masked)"), "{text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dump)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["record"], 1);
+    assert_eq!(
+        lines[0]["segments"],
+        serde_json::json!([
+            {"learned": false, "text": "<|im_start|>### Instruction:\nName the capital of France.\n\n### Response:\n"},
+            {"learned": true, "text": "Paris.<|im_end|>"}
+        ])
+    );
+}
+
+#[test]
+fn chat_dataset_uses_the_model_template_or_the_given_one() {
+    let d = tempdir("ds-chat");
+    for (i, template) in [
+        None,
+        Some(repo().join("../shared/data/smollm2-chat_template.jinja")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dump = d.join(format!("dump{i}.jsonl"));
+        let mut c = check(&["--cutoff", "128"]);
+        c.arg("--dataset")
+            .arg(fixture("chat.jsonl"))
+            .arg("--dump-dataset")
+            .arg(&dump);
+        if let Some(t) = &template {
+            c.arg("--chat-template").arg(t);
+        }
+        run_ok(&mut c);
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dump)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for (n, line) in lines.iter().enumerate() {
+            let want =
+                std::fs::read_to_string(fixture(&format!("chat-expected-{}.txt", n + 1))).unwrap();
+            assert_eq!(line["text"], want.as_str(), "template {template:?}");
+            let learned: Vec<&str> = line["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["learned"] == true)
+                .map(|s| s["text"].as_str().unwrap())
+                .collect();
+            let want_learned: &[&str] = if n == 0 {
+                &["Paris.<|im_end|>"]
+            } else {
+                &["5<|im_end|>", "8<|im_end|>"]
+            };
+            assert_eq!(learned, want_learned);
+        }
+    }
+}
+
+#[test]
+fn hybrid_takes_seeded_samples_of_both() {
+    let mut flags = alpaca_flags();
+    flags.extend([
+        "--hybrid-text-ratio".into(),
+        "10".into(),
+        "--hybrid-data-ratio".into(),
+        "50".into(),
+    ]);
+    let out = run_ok(check(&str_args(&flags)).arg("--text").arg(sample_text()));
+    let text = stdout(&out);
+    // 264 blocks at cutoff 64: floor(264 * 10 / 100) = 26; floor(3 * 50 / 100) = 1.
+    assert!(
+        text.contains("hybrid:         1 of 3 dataset samples (50%) + 26 of 264 text blocks (10%)"),
+        "{text}"
+    );
+    assert!(text.contains("training:       27 samples"), "{text}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn malformed_datasets_are_clean_errors() {
+    let d = tempdir("ds-errors");
+    let fmt = fixture("alpaca-format.json");
+    let (mixed, alpaca, chat) = (
+        fixture("mixed.jsonl"),
+        fixture("alpaca.json"),
+        fixture("chat.jsonl"),
+    );
+    let bad_json = write(
+        &d,
+        "bad.jsonl",
+        "{\"instruction\":\"a\",\"output\":\"b\"}\n{\"instruction\":\n",
+    );
+    let not_object = write(
+        &d,
+        "arr.json",
+        "[{\"instruction\":\"a\",\"output\":\"b\"}, \"text\"]",
+    );
+    let bad_fmt = write(&d, "fmt.json", "{\"instruction,output\": 3}");
+    let bad_tpl = write(&d, "t.jinja", "{% for m in messages %}");
+    let no_content = write(&d, "chat.jsonl", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\n{\"messages\":[{\"role\":\"user\"}]}\n");
+    let cases: Vec<(Vec<&Path>, Vec<&str>, &str)> = vec![
+        (vec![&mixed, &fmt], vec![], "record 2 (line 3)"),
+        (vec![&bad_json, &fmt], vec![], "bad.jsonl: line 2"),
+        (vec![&not_object, &fmt], vec![], "record 2 is a string"),
+        (vec![&alpaca, &bad_fmt], vec![], "must be a string"),
+        (
+            vec![&no_content],
+            vec![],
+            "record 2 (line 2): message 1 has no `content`",
+        ),
+        (
+            vec![&chat],
+            vec!["--train-only-after", "x"],
+            "train_only_after",
+        ),
+        (vec![&chat], vec!["--train-on", "prompts"], "train_on"),
+        (
+            vec![&chat],
+            vec!["--eval-split", "0.5", "--eval-dataset", "e.json"],
+            "eval_split",
+        ),
+        (vec![&chat], vec!["--eval-split", "0.9"], "leaves an empty"),
+    ];
+    for (files, extra, needle) in cases {
+        let mut c = check(&["--cutoff", "64"]);
+        c.arg("--dataset").arg(files[0]);
+        if let Some(f) = files.get(1) {
+            c.arg("--format").arg(f);
+        }
+        c.args(&extra);
+        assert_clean_error(&c.output().unwrap(), needle);
+    }
+    let mut c = check(&[]);
+    c.arg("--dataset")
+        .arg(fixture("chat.jsonl"))
+        .arg("--chat-template")
+        .arg(&bad_tpl);
+    assert_clean_error(&c.output().unwrap(), "t.jinja");
+    // A record without `messages` and no format names the fix.
+    let mut c = check(&[]);
+    c.arg("--dataset").arg(fixture("alpaca.json"));
+    assert_clean_error(&c.output().unwrap(), "--format");
+}
+
+fn train_chat(out: &Path, dataset: &Path, extra: &[&str]) -> Command {
+    let mut c = cli();
+    c.arg("train")
+        .arg("--model")
+        .arg(model())
+        .arg("--dataset")
+        .arg(dataset)
+        .arg("--eval-dataset")
+        .arg(fixture("chat.jsonl"))
+        .arg("--output")
+        .arg(out)
+        .args([
+            "--cutoff",
+            "96",
+            "--rank",
+            "4",
+            "--alpha",
+            "8",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--learning-rate", "1e-3", "--save-under-loss", "0"])
+        .args(["--progress", "jsonl"])
+        .args(extra);
+    c
+}
+
+#[test]
+fn eval_loss_reaches_the_log_keep_best_and_resume_checks_the_data() {
+    let d = tempdir("ds-train");
+    let out = d.join("run");
+    run_ok(&mut train_chat(
+        &out,
+        &fixture("chat.jsonl"),
+        &["--eval-steps", "1", "--keep-best", "1", "--epochs", "2"],
+    ));
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("training_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len(), 2);
+    let evals: Vec<f64> = log
+        .iter()
+        .map(|r| r["eval_loss"].as_f64().unwrap())
+        .collect();
+    assert!(evals.iter().all(|e| e.is_finite() && *e > 0.0), "{evals:?}");
+    // Step 1 runs at learning rate 0 (warmup) from B = 0: the eval set equals the training set, so the eval
+    // loss equals the training loss.
+    assert!(
+        (evals[0] - log[0]["loss"].as_f64().unwrap()).abs() < 1e-4,
+        "{log:?}"
+    );
+    assert!(evals[1] < evals[0], "{evals:?}");
+    // keep-best = 1 keeps only the best-eval checkpoint.
+    let ckpts: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(
+        ckpts,
+        [format!("checkpoint-2-best-{:.2}", evals[1])],
+        "{ckpts:?}"
+    );
+
+    // Resuming on a changed dataset is refused.
+    let changed = write(
+        &d,
+        "changed.jsonl",
+        &std::fs::read_to_string(fixture("chat.jsonl"))
+            .unwrap()
+            .replace("Paris.", "Lyon."),
+    );
+    let mut c = train_chat(
+        &out,
+        &changed,
+        &["--eval-steps", "1", "--keep-best", "1", "--epochs", "3"],
+    );
+    c.args(["--resume", "latest"]);
+    assert_clean_error(&c.output().unwrap(), "other data");
+}
