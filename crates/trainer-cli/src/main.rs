@@ -18,6 +18,7 @@ mod progress;
 mod schedule;
 mod session;
 mod settings;
+mod tools;
 mod train;
 
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Re-render the training graph from a training_log.jsonl.
     Plot(plot::PlotArgs),
-    /// Train a LoRA adapter on raw text.
+    /// Train a LoRA adapter on raw text, a dataset, or both.
     Train(Box<train::TrainArgs>),
     /// Check the data and the step plan of a training run without training (the original's "Verify dataset").
     Check(Box<train::TrainArgs>),
@@ -54,6 +55,8 @@ enum Command {
     Merge(model_files::MergeArgs),
     /// Generate text with a model and an optional adapter, to try a LoRA.
     Generate(generate::GenerateArgs),
+    /// Dataset tools: split a dataset, turn Alpaca JSON or raw text into chat JSON Lines.
+    Tools(tools::ToolsArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => model_files::convert(&args),
         Command::Merge(args) => model_files::merge(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Tools(args) => tools::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -284,3 +284,73 @@ fn eval_loss_reaches_the_log_keep_best_and_resume_checks_the_data() {
     c.args(["--resume", "latest"]);
     assert_clean_error(&c.output().unwrap(), "other data");
 }
+
+#[test]
+fn tools_write_json_lines_that_train() {
+    let d = tempdir("ds-tools");
+    let alpaca = d.join("alpaca.json");
+    std::fs::copy(fixture("alpaca.json"), &alpaca).unwrap();
+    run_ok(
+        cli()
+            .args(["tools", "json-to-jsonl"])
+            .arg(&alpaca)
+            .args(["--system", ""]),
+    );
+    let chat = d.join("alpaca.jsonl");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&chat)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[1]["messages"][0]["content"],
+        "Add the numbers.\n\n2 and 3"
+    );
+    // Not replaced without --overwrite.
+    let again = cli()
+        .args(["tools", "json-to-jsonl"])
+        .arg(&alpaca)
+        .output()
+        .unwrap();
+    assert_clean_error(&again, "--overwrite");
+
+    run_ok(
+        cli()
+            .args(["tools", "split", "--eval-percent", "34"])
+            .arg(&chat),
+    );
+    let count = |p: PathBuf| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(
+        (
+            count(d.join("alpaca_train.jsonl")),
+            count(d.join("alpaca_eval.jsonl"))
+        ),
+        (1, 2)
+    );
+
+    let txt = write(&d, "poems.txt", "First poem.\n\n\nSecond poem.\n");
+    run_ok(cli().args(["tools", "txt-to-jsonl"]).arg(&txt));
+    // The converted files train as chat datasets.
+    let out = run_ok(
+        check(&["--cutoff", "64"])
+            .arg("--dataset")
+            .arg(d.join("poems.jsonl"))
+            .arg("--eval-dataset")
+            .arg(&chat),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("records:        2 (2 samples kept)"),
+        "{text}"
+    );
+    assert!(text.contains("eval:           3 samples"), "{text}");
+
+    let bad = write(&d, "bad.json", "[{\"instruction\": \"x\"}]");
+    let out = cli()
+        .args(["tools", "json-to-jsonl"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "record 1 has no string `output`");
+}

@@ -7,6 +7,7 @@
 //! length grouping; [`dump_segments`] shows a sample as trained.
 
 mod chat;
+pub mod convert;
 mod encode;
 mod format;
 mod records;
