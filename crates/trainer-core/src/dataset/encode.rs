@@ -133,3 +133,86 @@ pub fn encode_labeled(
         tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::model::Model;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// A byte-level tokenizer: token id = byte (offsets are exact).
+    fn tok() -> &'static Tokenizer {
+        static M: OnceLock<Model> = OnceLock::new();
+        M.get_or_init(|| {
+            let config = ModelConfig {
+                model_type: "llama".into(),
+                vocab_size: 256,
+                hidden_size: 8,
+                intermediate_size: 8,
+                num_hidden_layers: 1,
+                num_attention_heads: 1,
+                num_key_value_heads: 1,
+                head_dim: 8,
+                rms_norm_eps: 1e-5,
+                rope_theta: 10_000.0,
+                rope_scaling: None,
+                max_position_embeddings: 64,
+                tie_word_embeddings: true,
+                attention_bias: false,
+            };
+            Model::random(config, 0, &candle_core::Device::Cpu).unwrap()
+        })
+        .tokenizer()
+    }
+
+    proptest! {
+        /// Spec T1-T4 for dataset samples: labels are -100 or the token, learned exactly inside the ranges,
+        /// at most the cutoff, BOS first and unlearned, EOS last and learned unless truncated.
+        #[test]
+        fn labels_follow_the_ranges_and_the_cutoff(
+            text in "[a-z ]{0,40}", a in 0usize..41, b in 0usize..41, cutoff in 1usize..50,
+            add_bos: bool, add_eos: bool, eliminate: bool,
+        ) {
+            let (lo, hi) = (a.min(b).min(text.len()), a.max(b).min(text.len()));
+            let special = SpecialTokens { bos: Some(b'^'.into()), eos: Some(b'$'.into()), pad: None };
+            let opts = EncodeOptions {
+                cutoff, bos: add_bos, eos: add_eos,
+                long: if eliminate { LongSamples::Eliminate } else { LongSamples::Truncate },
+            };
+            let t = LabeledText { text: text.clone(), learn: vec![lo..hi], add_bos, add_eos };
+            let full = text.len() + usize::from(add_bos) + usize::from(add_eos);
+            match encode_labeled(tok(), special, &opts, &t).unwrap() {
+                Encoded::Kept { sample, truncated, tokens } => {
+                    prop_assert_eq!(tokens, full);
+                    prop_assert_eq!(truncated, full > cutoff);
+                    prop_assert!(!eliminate || !truncated);
+                    let n = sample.input_ids.len();
+                    prop_assert_eq!(n, full.min(cutoff));
+                    let shift = usize::from(add_bos);
+                    for (i, (&id, &l)) in sample.input_ids.iter().zip(&sample.labels).enumerate() {
+                        let learned = if add_bos && i == 0 {
+                            false
+                        } else if add_eos && i == full - 1 {
+                            true
+                        } else {
+                            (lo..hi).contains(&(i - shift))
+                        };
+                        prop_assert_eq!(l, if learned { i64::from(id) } else { IGNORE_INDEX }, "position {}", i);
+                    }
+                    if add_bos { prop_assert_eq!(sample.input_ids[0], u32::from(b'^')); }
+                    if add_eos && !truncated { prop_assert_eq!(sample.input_ids[n - 1], u32::from(b'$')); }
+                }
+                Encoded::TooLong { tokens } => prop_assert!(eliminate && tokens > cutoff),
+                Encoded::NothingToLearn { .. } => {
+                    // Nothing learned after the first kept position.
+                    let kept = full.min(cutoff);
+                    let shift = usize::from(add_bos);
+                    let any = (1..kept).any(|i| (add_eos && i == full - 1) || (i >= shift && (lo..hi).contains(&(i - shift))));
+                    prop_assert!(!any || (eliminate && full > cutoff));
+                }
+            }
+        }
+    }
+}
