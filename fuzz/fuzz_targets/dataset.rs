@@ -133,7 +133,10 @@ fuzz_target!(|inp: Input| {
         },
     };
     let kind = match inp.kind % 4 {
-        0 => match Format::parse(if inp.use_raw { &inp.format } else { FORMAT }, Path::new("f.json")) {
+        0 => match Format::parse(
+            if inp.use_raw { &inp.format } else { FORMAT },
+            Path::new("f.json"),
+        ) {
             Ok(format) => DatasetKind::Format {
                 format,
                 train_only_after: inp.train_only_after.clone(),
@@ -141,9 +144,18 @@ fuzz_target!(|inp: Input| {
             Err(_) => return,
         },
         k => DatasetKind::Chat {
-            template: ChatTemplate::new(TEMPLATES[usize::from(k - 1)], Path::new("t.jinja"), "<s>", "</s>")
-                .expect("fixed template compiles"),
-            train_on: if inp.kind & 4 == 0 { TrainOn::Responses } else { TrainOn::All },
+            template: ChatTemplate::new(
+                TEMPLATES[usize::from(k - 1)],
+                Path::new("t.jinja"),
+                "<s>",
+                "</s>",
+            )
+            .expect("fixed template compiles"),
+            train_on: if inp.kind & 4 == 0 {
+                TrainOn::Responses
+            } else {
+                TrainOn::All
+            },
         },
     };
     let tok = tokenizer().tokenizer();
@@ -152,10 +164,15 @@ fuzz_target!(|inp: Input| {
             continue;
         };
         for r in &text.learn {
-            assert!(r.start <= r.end && r.end <= text.text.len(), "{r:?} {}", text.text.len());
+            assert!(
+                r.start <= r.end && r.end <= text.text.len(),
+                "{r:?} {}",
+                text.text.len()
+            );
             assert!(text.text.is_char_boundary(r.start) && text.text.is_char_boundary(r.end));
         }
-        let enc = encode_labeled(tok, special, &opts, &text).expect("the byte tokenizer encodes any text");
+        let enc = encode_labeled(tok, special, &opts, &text)
+            .expect("the byte tokenizer encodes any text");
         match enc {
             Encoded::Kept {
                 sample,
@@ -167,7 +184,10 @@ fuzz_target!(|inp: Input| {
                 assert_eq!(truncated, tokens > opts.cutoff);
                 assert!(!(truncated && inp.eliminate));
                 for (&id, &l) in sample.input_ids.iter().zip(&sample.labels) {
-                    assert!(l == IGNORE_INDEX || l == i64::from(id), "label {l} on id {id}");
+                    assert!(
+                        l == IGNORE_INDEX || l == i64::from(id),
+                        "label {l} on id {id}"
+                    );
                 }
                 assert!(sample.labels[1..].iter().any(|&l| l != IGNORE_INDEX));
                 if let Some(bos) = special.bos {
@@ -180,7 +200,11 @@ fuzz_target!(|inp: Input| {
                 }
                 if let (Some(eos), true, false) = (special.eos, text.add_eos, truncated) {
                     assert_eq!(sample.input_ids[n - 1], eos);
-                    assert_eq!(sample.labels[n - 1], i64::from(eos), "EOS is always learned");
+                    assert_eq!(
+                        sample.labels[n - 1],
+                        i64::from(eos),
+                        "EOS is always learned"
+                    );
                 }
             }
             Encoded::TooLong { tokens } => assert!(inp.eliminate && tokens > opts.cutoff),

@@ -181,7 +181,7 @@ mod tests {
                 cutoff, bos: add_bos, eos: add_eos,
                 long: if eliminate { LongSamples::Eliminate } else { LongSamples::Truncate },
             };
-            let t = LabeledText { text: text.clone(), learn: vec![lo..hi], add_bos, add_eos };
+            let t = LabeledText { text: text.clone(), learn: std::iter::once(lo..hi).collect(), add_bos, add_eos };
             let full = text.len() + usize::from(add_bos) + usize::from(add_eos);
             match encode_labeled(tok(), special, &opts, &t).unwrap() {
                 Encoded::Kept { sample, truncated, tokens } => {
