@@ -236,7 +236,16 @@ fn eval_loss_reaches_the_log_keep_best_and_resume_checks_the_data() {
     run_ok(&mut train_chat(
         &out,
         &fixture("chat.jsonl"),
-        &["--eval-steps", "1", "--keep-best", "1", "--epochs", "2"],
+        &[
+            "--eval-steps",
+            "1",
+            "--keep-best",
+            "1",
+            "--epochs",
+            "2",
+            "--group-by-length",
+            "true",
+        ],
     ));
     let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("training_log.jsonl"))
         .unwrap()
