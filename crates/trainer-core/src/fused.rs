@@ -5,9 +5,11 @@
 
 use candle_core::op::BackpropOp;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
 };
 use rayon::prelude::*;
+
+use crate::fused_attention::with_f32;
 
 /// Wraps a CPU storage + layout as a graph-free tensor.
 fn wrap(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
@@ -59,37 +61,7 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
-/// Softmax over the last dimension; backward `dx = y ⊙ (g − Σ(g ⊙ y))`.
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "fused-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, n) = rows(s, l)?;
-        let mut out = x.to_vec();
-        out.par_chunks_mut(n).for_each(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f64;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                sum += f64::from(*v);
-            }
-            let inv = (1.0 / sum) as f32;
-            row.iter_mut().for_each(|v| *v *= inv);
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((y * g.broadcast_sub(&dot)?)?))
-    }
-}
-
-/// RMSNorm with a frozen weight; backward `dx = r (g ⊙ w) − x r³ mean(g ⊙ w ⊙ x)`.
+/// RMSNorm with a frozen weight; backward `dx = r (g ⊙ w) − x r³ mean(g ⊙ w ⊙ x)` in one pass per row.
 struct RmsNorm {
     w: Tensor,
     eps: f64,
@@ -124,14 +96,33 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let gw = g.broadcast_mul(&self.w)?;
-        let m = (&gw * x)?.mean_keepdim(D::Minus1)?;
-        let r3 = r.powf(3.0)?;
-        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r3 * m)?)?)?;
-        Ok(Some(dx))
+        let w = self.w.to_vec1::<f32>()?;
+        let n = w.len();
+        let eps = self.eps as f32;
+        // One pass per row: r = 1/sqrt(mean(x²) + eps) (as in the forward), m = mean(g ⊙ w ⊙ x) in f64.
+        let dx = with_f32(x, |xv| {
+            with_f32(g, |gv| {
+                let mut dx = vec![0f32; xv.len()];
+                dx.par_chunks_mut(n)
+                    .zip(xv.par_chunks(n).zip(gv.par_chunks(n)))
+                    .for_each(|(d, (x, g))| {
+                        let ss: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                        let r = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
+                        let m: f64 = x
+                            .iter()
+                            .zip(g)
+                            .zip(&w)
+                            .map(|((&x, &g), &w)| f64::from(g * w) * f64::from(x))
+                            .sum();
+                        let c = r * r * r * (m / n as f64) as f32;
+                        for (((d, &x), &g), &w) in d.iter_mut().zip(x).zip(g).zip(&w) {
+                            *d = r * (g * w) - x * c;
+                        }
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -341,11 +332,6 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Te
     y.reshape(out)
 }
 
-/// Softmax over the last dimension.
-pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
-}
-
 /// RMSNorm over the last dimension with frozen `w`.
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(RmsNorm { w: w.clone(), eps })
@@ -487,11 +473,6 @@ mod tests {
             );
             assert!(d < 1e-5, "gradient differs by {d}");
         }
-    }
-
-    #[test]
-    fn softmax_matches_composed() {
-        check(&[2, 3, 7, 7], softmax, ops::softmax);
     }
 
     #[test]

@@ -61,6 +61,7 @@ mod config;
 mod decoder;
 mod error;
 mod fused;
+mod fused_attention;
 mod gguf;
 mod hf;
 mod io;
