@@ -3,6 +3,7 @@
 //!
 //! Each op is tested against its composed version in `ops.rs` (values and gradients to 1e-5).
 
+use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
@@ -42,6 +43,31 @@ fn unwrap(t: &Tensor) -> Result<(CpuStorage, Shape)> {
     Ok((CpuStorage::F32(data), t.shape().clone()))
 }
 
+/// `x wᵀ` straight from storages (no copy of `x`): `x` `[m, k]`, `w` `[n, k]`.
+fn matmul_t(
+    x: &CpuStorage,
+    xl: &Layout,
+    w: &CpuStorage,
+    wl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (m, k) = xl.shape().dims2()?;
+    let (n, k2) = wl.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("fused linear: input has {k} features, the weight expects {k2}")
+    }
+    let out = x.matmul(w, (1, m, n, k), xl, &wl.transpose(0, 1)?)?;
+    Ok((out, Shape::from((m, n))))
+}
+
+/// [`matmul_t`] with the weight given as a tensor.
+fn matmul_wt(x: &CpuStorage, xl: &Layout, w: &Tensor) -> Result<(CpuStorage, Shape)> {
+    let (ws, wl) = w.storage_and_layout();
+    let Storage::Cpu(wc) = &*ws else {
+        candle_core::bail!("fused linear: the weight must be on the CPU")
+    };
+    matmul_t(x, xl, wc, wl)
+}
+
 /// `y = x @ wᵀ` with a frozen `w` `[out, in]`: backward gives only `dx = g @ w`.
 struct FrozenLinear {
     w: Tensor,
@@ -53,7 +79,7 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        unwrap(&wrap(s, l)?.matmul(&self.w.t()?)?)
+        matmul_wt(s, l, &self.w)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
@@ -187,13 +213,36 @@ impl CustomOp3 for LoraLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, a, b) = (wrap(s1, l1)?, wrap(s2, l2)?, wrap(s3, l3)?);
-        let u = (self.dropped(&x)?.matmul(&a.t()?)? * self.scale)?;
-        let mut y = x.matmul(&self.w.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias)?;
-        }
-        unwrap(&(y + u.matmul(&b.t()?)?)?)
+        // x is read in place (never copied): y = x wᵀ is written straight into the output buffer, then
+        // (y + bias) + s·(x Aᵀ) Bᵀ is added row by row.
+        let (y, shape) = matmul_wt(s1, l1, &self.w)?;
+        let CpuStorage::F32(mut y) = y else {
+            candle_core::bail!("fused lora linear: only f32 is supported")
+        };
+        let u = match &self.mask {
+            Some(m) => wrap(s1, l1)?.mul(m)?.matmul(&wrap(s2, l2)?.t()?)?,
+            None => {
+                let (u, u_shape) = matmul_t(s1, l1, s2, l2)?;
+                Tensor::from_storage(Storage::Cpu(u), u_shape, BackpropOp::none(), false)
+            }
+        };
+        let delta = (u * self.scale)?.matmul(&wrap(s3, l3)?.t()?)?;
+        let n = shape.dims()[1];
+        let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+        with_f32(&delta, |d| {
+            y.par_chunks_mut(n)
+                .zip(d.par_chunks(n))
+                .for_each(|(y, d)| match &bias {
+                    Some(b) => y
+                        .iter_mut()
+                        .zip(d)
+                        .zip(b)
+                        .for_each(|((y, d), b)| *y = (*y + b) + d),
+                    None => y.iter_mut().zip(d).for_each(|(y, d)| *y += d),
+                });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -281,31 +330,37 @@ impl CustomOp2 for SwiGlu {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let shape = gate.shape().clone();
-        let flat = |t: &Tensor| t.detach().flatten_all()?.to_vec1::<f32>();
-        let (gv, uv, dv) = (flat(gate)?, flat(up)?, flat(g)?);
-        let mut d_gate = vec![0f32; gv.len()];
-        let mut d_up = vec![0f32; gv.len()];
-        d_gate
-            .par_chunks_mut(4096)
-            .zip(d_up.par_chunks_mut(4096))
-            .zip(
-                gv.par_chunks(4096)
-                    .zip(uv.par_chunks(4096))
-                    .zip(dv.par_chunks(4096)),
-            )
-            .for_each(|((dg, du), ((x, u), d))| {
-                for i in 0..dg.len() {
-                    let sig = 1.0 / (1.0 + (-x[i]).exp());
-                    du[i] = d[i] * x[i] * sig;
-                    dg[i] = d[i] * u[i] * sig * (1.0 + x[i] * (1.0 - sig));
-                }
-            });
+        let (d_gate, d_up) = with_f32(gate, |gv| {
+            with_f32(up, |uv| with_f32(g, |dv| Ok(swiglu_bwd(gv, uv, dv))))
+        })?;
         let dev = gate.device();
         Ok((
             Some(Tensor::from_vec(d_gate, shape.clone(), dev)?),
             Some(Tensor::from_vec(d_up, shape, dev)?),
         ))
     }
+}
+
+/// `(d_gate, d_up)` of SwiGLU for inputs `gv`, `uv` and output gradient `dv`.
+fn swiglu_bwd(gv: &[f32], uv: &[f32], dv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut d_gate = vec![0f32; gv.len()];
+    let mut d_up = vec![0f32; gv.len()];
+    d_gate
+        .par_chunks_mut(4096)
+        .zip(d_up.par_chunks_mut(4096))
+        .zip(
+            gv.par_chunks(4096)
+                .zip(uv.par_chunks(4096))
+                .zip(dv.par_chunks(4096)),
+        )
+        .for_each(|((dg, du), ((x, u), d))| {
+            for i in 0..dg.len() {
+                let sig = 1.0 / (1.0 + (-x[i]).exp());
+                du[i] = d[i] * x[i] * sig;
+                dg[i] = d[i] * u[i] * sig * (1.0 + x[i] * (1.0 - sig));
+            }
+        });
+    (d_gate, d_up)
 }
 
 /// `silu(gate) ⊙ up`.
