@@ -6,7 +6,7 @@
 #
 # HF_DIR: the model as a Hugging Face folder, made from the same GGUF with
 #   cargo run --release -p trainer-cli -- convert --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out HF_DIR
-# PYTHON: an interpreter with torch, transformers and peft (default python3). The GGUF comes from
+# PYTHON: an interpreter with torch, transformers and peft (default python3); PyTorch runs with its defaults. The GGUF comes from
 # TRAINER_TEST_MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf). Build bench_train first:
 #   cargo build --release -p trainer-core --example bench_train
 set -euo pipefail
@@ -39,7 +39,9 @@ run() { # run NAME TARGETS COMMAND...
 for round in $(seq 1 "$rounds"); do
     for targets in qv all; do
         echo "== round $round, $targets =="
-        run ours "$targets" env RAYON_NUM_THREADS="$threads" "$bench" "$targets" "$steps"
+        # The glibc malloc settings of .cargo/config.toml (bench_train is run directly, not through cargo).
+        run ours "$targets" env RAYON_NUM_THREADS="$threads" MALLOC_MMAP_THRESHOLD_=33554432 \
+            MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=536870912 "$bench" "$targets" "$steps"
         run torch "$targets" env TORCH_THREADS="$threads" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" \
             "$python" "$here/bench_peft.py" "$hf_dir" "$targets" "$steps"
     done
