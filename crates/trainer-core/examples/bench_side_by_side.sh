@@ -6,8 +6,8 @@
 #
 # HF_DIR: the model as a Hugging Face folder, made from the same GGUF with
 #   cargo run --release -p trainer-cli -- convert --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out HF_DIR
-# PYTHON: an interpreter with torch, transformers and peft (default python3); PyTorch runs with its defaults. The GGUF comes from
-# TRAINER_TEST_MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf). Build bench_train first:
+# PYTHON: an interpreter with torch, transformers and peft (default python3); PyTorch runs with its defaults.
+# The GGUF comes from TRAINER_TEST_MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf). Build bench_train first:
 #   cargo build --release -p trainer-core --example bench_train
 set -euo pipefail
 
