@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use crate::config::ModelConfig;
 use crate::lora::{LoraPair, LoraWeights};
 use crate::rng::Rng;
-use crate::{fused, ops};
+use crate::{fused, fused_attention, ops};
 
 /// Frozen weights of one decoder layer, `[out, in]` linear weights.
 #[derive(Debug, Clone)]
@@ -90,14 +90,6 @@ impl Decoder<'_> {
             fused::rope(x, cos, sin)
         } else {
             ops::rope(x, cos, sin)
-        }
-    }
-
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        if self.fused {
-            fused::softmax(x)
-        } else {
-            ops::softmax(x)
         }
     }
 
@@ -227,8 +219,13 @@ impl Decoder<'_> {
         let q = self.rope(&q, cos, sin)?;
         let k = repeat_kv(&self.rope(&k, cos, sin)?, nh / nkv)?;
         let v = repeat_kv(&v, nh / nkv)?;
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = self.softmax(&scores)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = if self.fused {
+            // The mask of `tables` is causal, which the fused op applies by itself.
+            fused_attention::causal_softmax(&scores, scale)?
+        } else {
+            ops::softmax(&(scores * scale)?.broadcast_add(mask)?)?
+        };
         let attn = probs
             .matmul(&v)?
             .transpose(1, 2)?

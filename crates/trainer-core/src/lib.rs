@@ -63,6 +63,7 @@ mod decoder;
 mod error;
 mod evaluate;
 mod fused;
+mod fused_attention;
 mod gguf;
 mod hf;
 mod io;

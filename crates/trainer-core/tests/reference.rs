@@ -18,8 +18,11 @@ fn logits_match_peft_with_and_without_adapter() {
     let with = m.logits(Some(&adapter), &input).unwrap();
     let d_adapter = max_abs_diff(&with, &reference("adapter_logits"));
     eprintln!("max abs diff: base {d_base:e}, adapter {d_adapter:e}");
-    assert!(d_base < 1e-4, "base logits differ by {d_base}");
-    assert!(d_adapter < 1e-4, "adapter logits differ by {d_adapter}");
+    // f32 through 30 layers: the GEMM kernel in use (AVX2 or AVX-512, chosen at run time) changes the summation
+    // order and moves logits of magnitude up to ~30 by about 1e-4 (PyTorch's own kernels differ as much); a wrong
+    // weight, mask or LoRA scale moves them by far more than 1e-3.
+    assert!(d_base < 2e-4, "base logits differ by {d_base}");
+    assert!(d_adapter < 2e-4, "adapter logits differ by {d_adapter}");
 }
 
 #[test]
