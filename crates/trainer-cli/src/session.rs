@@ -3,7 +3,7 @@
 //! Ctrl-C that saves a resumable checkpoint.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +19,7 @@ use trainer_core::{AdamWParams, TrainConfig, Trainer};
 
 use crate::control::{parse_change, Change, ControlCommand, ControlReader};
 use crate::data::{epoch_order, samples, step_batches};
+use crate::fsutil::disk_full_hint;
 use crate::output::{self, fingerprint, RunState, GRAPH_FILE, LOG_FILE, RUN_STATE_FILE};
 use crate::progress::{Progress, ProgressMode};
 use crate::settings::Settings;
@@ -115,7 +116,10 @@ fn same_lora(saved: &LoraSettings, now: &LoraSettings) -> Result<()> {
     Ok(())
 }
 
-/// Appends log records, one flushed line each, so the log survives a crash.
+/// Appends log records, one synced line each, so the log survives a crash.
+/// A record is whole or absent: a failed append (a full disk) is cut back
+/// off, and a torn last line left by a crash is cut off when the log is
+/// opened again.
 struct LogWriter {
     file: File,
     path: PathBuf,
@@ -123,20 +127,52 @@ struct LogWriter {
 
 impl LogWriter {
     fn open(path: PathBuf) -> Result<Self> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        let whole = whole_lines_len(&mut file)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if whole < file.metadata()?.len() {
+            file.set_len(whole)
+                .with_context(|| format!("cannot repair {}", path.display()))?;
+        }
         Ok(Self { file, path })
     }
 
     fn append(&mut self, rec: &LogRecord) -> Result<()> {
-        self.file
+        let before = self.file.metadata().map(|m| m.len());
+        let written = self
+            .file
             .write_all(rec.to_json_line().as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("cannot append to {}", self.path.display()))
+            .and_then(|()| self.file.sync_data());
+        if written.is_err() {
+            if let Ok(len) = before {
+                let _ = self.file.set_len(len);
+            }
+        }
+        written.with_context(|| format!("cannot append to {}", self.path.display()))
     }
+}
+
+/// The length of `file` up to and including its last newline.
+fn whole_lines_len(file: &mut File) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 struct Run<'a> {
@@ -195,6 +231,17 @@ impl Run<'_> {
             Ok(())
         })
     }
+}
+
+/// The message of a diverged run: what went non-finite at `step`, and the last good checkpoint.
+fn diverged(what: &str, step: u64, lr: f64, last_saved: Option<&Path>) -> String {
+    let kept = last_saved.map_or("no checkpoint was written yet".to_string(), |d| {
+        format!("the last good checkpoint is {}", d.display())
+    });
+    format!(
+        "training diverged: {what} at step {step} (learning rate {lr:.3e}); training stopped and \
+         this step was not saved; {kept}. Lower the learning rate and start again"
+    )
 }
 
 fn apply_change(policy: &mut Policy, change: Change, loss_template: LossSave) -> Result<()> {
@@ -262,7 +309,10 @@ pub fn run(
     let loss_template = loss_save(&p.settings, plan, 1.0);
     let mut step = trainer.steps_done();
     if step >= total {
-        bail!("the checkpoint is already at step {step} of {total}: nothing left to train");
+        bail!(
+            "the checkpoint is already at step {step} of {total}: nothing left to train \
+             (its folder holds the adapter of that step; give --epochs to train longer)"
+        );
     }
     let run = Run {
         settings: &p.settings,
@@ -294,15 +344,20 @@ pub fn run(
         let seconds = t0.elapsed().as_secs_f64();
         step = stats.step;
         if !stats.loss.is_finite() {
-            let kept = last_saved
-                .as_ref()
-                .map_or("no checkpoint was written yet".to_string(), |d| {
-                    format!("the last good checkpoint is {}", d.display())
-                });
-            bail!(
-                "the loss became {} at step {step} (learning rate {lr:.3e}): training stopped and this step was not saved; {kept}. Lower the learning rate and start again",
-                stats.loss
-            );
+            bail!(diverged(
+                &format!("the loss became {}", stats.loss),
+                step,
+                lr,
+                last_saved.as_deref()
+            ));
+        }
+        if !stats.grad_norm.is_finite() {
+            bail!(diverged(
+                &format!("the gradient norm became {}", stats.grad_norm),
+                step,
+                lr,
+                last_saved.as_deref()
+            ));
         }
         loss = stats.loss;
 
@@ -344,10 +399,23 @@ pub fn run(
             time_s: Some(run.progress.elapsed()),
             ..LogRecord::default()
         };
-        for action in policy.decide(&event) {
+        let actions = policy.decide(&event);
+        if actions.iter().any(|a| matches!(a, Action::Save { .. }))
+            && !trainer.adapter()?.is_finite()?
+        {
+            bail!(diverged(
+                "the update left inf or NaN weights",
+                step,
+                lr,
+                last_saved.as_deref()
+            ));
+        }
+        for action in actions {
             match action {
                 Action::Save { name, .. } => {
-                    let dir = run.save(&name, &trainer, &policy, loss)?;
+                    let dir = run
+                        .save(&name, &trainer, &policy, loss)
+                        .map_err(|e| disk_full_hint(e, output))?;
                     run.progress.message(&format!("saved {}", dir.display()));
                     rec.checkpoint = Some(name);
                     last_saved = Some(dir);
@@ -356,7 +424,7 @@ pub fn run(
                 Action::Stop { reason } => stop = Some(reason),
             }
         }
-        log.append(&rec)?;
+        log.append(&rec).map_err(|e| disk_full_hint(e, output))?;
         run.progress.step(&rec);
         if rec.checkpoint.is_some() {
             run.render_graph();
@@ -366,19 +434,29 @@ pub fn run(
         }
     }
 
+    let adapter = trainer.adapter()?;
+    if !adapter.is_finite()? {
+        bail!(diverged(
+            "the update left inf or NaN weights",
+            step,
+            p.scheduler.lr(step.saturating_sub(1)),
+            last_saved.as_deref()
+        ));
+    }
     for action in policy.finish(step, plan.epoch_at(step), loss) {
         match action {
             Action::Save { name, .. } => {
-                run.save(&name, &trainer, &policy, loss)?;
+                run.save(&name, &trainer, &policy, loss)
+                    .map_err(|e| disk_full_hint(e, output))?;
             }
             Action::Delete { name } => output::delete_checkpoint(output, &name)?,
             Action::Stop { .. } => {}
         }
     }
-    trainer
-        .adapter()?
+    adapter
         .save(output, &run.base_name)
-        .with_context(|| format!("cannot save the adapter into {}", output.display()))?;
+        .with_context(|| format!("cannot save the adapter into {}", output.display()))
+        .map_err(|e| disk_full_hint(e, output))?;
     run.render_graph();
     run.progress.finish();
 
@@ -406,4 +484,39 @@ pub fn run(
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_records_stay_whole() {
+        let d = std::env::temp_dir().join(format!("trainer-cli-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join(LOG_FILE);
+        std::fs::write(&path, "{\"step\":1,\"epoch\":0.1}\n{\"step\":2,\"ep").unwrap();
+        let mut log = LogWriter::open(path.clone()).unwrap();
+        log.append(&LogRecord {
+            step: 2,
+            epoch: 0.2,
+            ..LogRecord::default()
+        })
+        .unwrap();
+        let steps: Vec<u64> = read_log(&path)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(steps, [1, 2]);
+        // A log without a newline at all, and an empty one.
+        for (text, left) in [("{\"step\":1", 0), ("", 0), ("\n", 1)] {
+            std::fs::write(&path, text).unwrap();
+            drop(LogWriter::open(path.clone()).unwrap());
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), left, "{text:?}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

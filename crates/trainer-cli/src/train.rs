@@ -301,8 +301,16 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
                     output.display()
                 );
             }
-            Some("latest") => resume_dir = Some(output::latest_checkpoint(&output)?),
-            Some(dir) => resume_dir = Some(PathBuf::from(dir)),
+            Some(from) => {
+                // A killed run may have left temporaries behind: clean them first.
+                for done in output::recover(&output)? {
+                    eprintln!("{done}");
+                }
+                resume_dir = Some(match from {
+                    "latest" => output::latest_checkpoint(&output)?,
+                    dir => PathBuf::from(dir),
+                });
+            }
         }
     }
     let prepared = prepare(settings, false)?;

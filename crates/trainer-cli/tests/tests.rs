@@ -2,5 +2,6 @@
 
 mod common;
 mod errors;
+mod faults;
 mod real_model;
 mod tools;
