@@ -19,8 +19,10 @@ use trainer_core::{AdamWParams, TrainConfig, Trainer};
 
 use crate::control::{parse_change, Change, ControlCommand, ControlReader};
 use crate::data::{epoch_order, samples, step_batches};
-use crate::fsutil::disk_full_hint;
-use crate::output::{self, fingerprint, RunState, GRAPH_FILE, LOG_FILE, RUN_STATE_FILE};
+use crate::fsutil::{disk_full_hint, write_atomic};
+use crate::output::{
+    self, fingerprint, RunState, GRAPH_FILE, LOG_FILE, PARAMETERS_FILE, RUN_STATE_FILE,
+};
 use crate::progress::{Progress, ProgressMode};
 use crate::settings::Settings;
 use crate::train::{base_model_name, Prepared};
@@ -314,6 +316,12 @@ pub fn run(
              (its folder holds the adapter of that step; give --epochs to train longer)"
         );
     }
+    // Written only now: a refused resume leaves the run's parameters as they were.
+    write_atomic(
+        &output.join(PARAMETERS_FILE),
+        p.settings.to_toml()?.as_bytes(),
+    )
+    .map_err(|e| disk_full_hint(e, output))?;
     let run = Run {
         settings: &p.settings,
         output,

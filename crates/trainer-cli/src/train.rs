@@ -15,7 +15,6 @@ use trainer_core::Model;
 
 use crate::chunk::summary_text;
 use crate::data::encode_blocks;
-use crate::fsutil::write_atomic;
 use crate::output::{self, PARAMETERS_FILE, PREVIEW_FILE};
 use crate::progress::ProgressMode;
 use crate::session;
@@ -73,6 +72,15 @@ pub fn resolve_settings(args: &TrainArgs) -> Result<Settings> {
         (Some(path), _) => Settings::from_file(path)?,
         (None, Some(_)) => {
             let out = args.settings.output.clone().unwrap_or_default();
+            if out.as_os_str().is_empty() {
+                bail!("--resume needs --output DIR: the folder of the run to continue");
+            }
+            if !out.is_dir() {
+                bail!(
+                    "--resume: output folder {} does not exist or is not a folder: give the --output of the run to continue",
+                    out.display()
+                );
+            }
             let saved = out.join(PARAMETERS_FILE);
             if saved.is_file() {
                 Settings::from_file(&saved)?
@@ -137,6 +145,12 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
     let hard_cut = unescape_hard_cut(&settings.hard_cut);
     // Read the text before the (slower) model load, so a bad path fails fast.
     let text = read_text(&settings.text, &hard_cut)?;
+    if text.trim().is_empty() {
+        bail!(
+            "{} holds no text (it is empty or only whitespace and hard cuts): give a file or folder with training text",
+            settings.text.display()
+        );
+    }
 
     let t0 = Instant::now();
     let model = Model::load(&settings.model, &candle_device())
@@ -321,10 +335,6 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     if resume_dir.is_none() {
         output::prepare_new(&output, args.overwrite)?;
     }
-    write_atomic(
-        &output.join(PARAMETERS_FILE),
-        prepared.settings.to_toml()?.as_bytes(),
-    )?;
     eprintln!(
         "{}",
         summary_text(

@@ -3,5 +3,6 @@
 mod common;
 mod errors;
 mod faults;
+mod hostile;
 mod real_model;
 mod tools;
