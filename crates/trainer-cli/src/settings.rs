@@ -208,9 +208,8 @@ impl Settings {
         ] {
             if path.to_str().is_none() {
                 bail!(
-                    "setting `{key}`: the path {} is not valid UTF-8; rename it \
-                     (training_parameters.toml records paths as text)",
-                    path.display()
+                    "setting `{key}`: the path {path:?} is not valid UTF-8; rename it \
+                     (training_parameters.toml records paths as text)"
                 );
             }
         }

@@ -164,6 +164,14 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
             t0.elapsed().as_secs_f64()
         );
     }
+    let context = model.config().max_position_embeddings;
+    if settings.cutoff > context {
+        bail!(
+            "setting `cutoff` is {} but the model's context is {context} tokens \
+             (max_position_embeddings): give a cutoff of at most {context}",
+            settings.cutoff
+        );
+    }
     let arch = Arch::from_str(&model.config().model_type).context("model architecture")?;
     let lora = LoraSettings {
         r: settings.rank,

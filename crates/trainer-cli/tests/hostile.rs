@@ -22,7 +22,7 @@ fn dry_run(text: &Path, extra: &[&str]) -> Output {
         .arg(model())
         .arg("--text")
         .arg(text)
-        .args(["--dry-run", "--cutoff", "64"])
+        .arg("--dry-run")
         .args(extra)
         .output()
         .unwrap()
@@ -97,7 +97,7 @@ fn binary_and_invalid_utf8_name_the_file_and_byte() {
     let d = tempdir("hostile-binary");
     let bin = d.join("data.bin");
     let mut bytes: Vec<u8> = (0..4096u32)
-        .map(|i| (i * 2_654_435_761 >> 24) as u8)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     bytes[0] = 0xff;
     fs::write(&bin, &bytes).unwrap();
@@ -190,13 +190,17 @@ fn cutoffs_out_of_range_name_the_setting() {
     let d = tempdir("hostile-cutoff");
     let out = d.join("o.jsonl");
     for cutoff in ["1", "100000000000"] {
-        assert_clean_error(
-            &chunk(&sample_text(), &out, &["--cutoff", cutoff]),
-            "cutoff",
-        );
-        assert_clean_error(&dry_run(&sample_text(), &["--cutoff", cutoff]), "cutoff");
+        let res = chunk(&sample_text(), &out, &["--cutoff", cutoff]);
+        assert_clean_error(&res, "setting `cutoff`");
+        let res = dry_run(&sample_text(), &["--cutoff", cutoff]);
+        assert_clean_error(&res, "setting `cutoff`");
     }
     assert!(!out.exists());
+    // Longer than the model's context (8192 tokens): refused before any training.
+    assert_clean_error(
+        &dry_run(&sample_text(), &["--cutoff", "9000"]),
+        "context is 8192",
+    );
 }
 
 #[test]
@@ -370,6 +374,15 @@ fn truncated_or_foreign_adapters_are_refused() {
         .collect();
     candle_core::safetensors::save(&shrunk, other.join("adapter_model.safetensors")).unwrap();
     assert_clean_error(&eval_with(&other), "expected");
+    let res = cli()
+        .arg("train")
+        .arg("--output")
+        .arg(run)
+        .arg("--resume")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_clean_error(&res, "expected");
 
     // An adapter_config.json that is not JSON, or targets another architecture's modules.
     let bad = d.join("bad-config");
