@@ -10,6 +10,7 @@ mod data;
 mod eval;
 mod fsutil;
 mod generate;
+mod log_writer;
 mod model_files;
 mod output;
 mod plot;

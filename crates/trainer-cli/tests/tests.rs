@@ -4,5 +4,6 @@ mod common;
 mod errors;
 mod faults;
 mod hostile;
+mod hostile_files;
 mod real_model;
 mod tools;
