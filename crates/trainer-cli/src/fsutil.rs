@@ -33,3 +33,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         })
         .with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// Whether `err` comes from a full disk or a file-size limit (`ENOSPC`,
+/// `EDQUOT`, `EFBIG`) anywhere in its chain.
+pub fn is_disk_full(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind;
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
+            )
+        })
+}
+
+/// Adds what to do to a write error caused by a full disk.
+pub fn disk_full_hint(err: anyhow::Error, output: &Path) -> anyhow::Error {
+    if is_disk_full(&err) {
+        let hint = format!(
+            "the disk is full (or a file-size limit was reached): free some space, then continue with \
+             `trainer-cli train --output {} --resume latest`",
+            output.display()
+        );
+        err.context(hint)
+    } else {
+        err
+    }
+}

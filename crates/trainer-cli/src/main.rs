@@ -11,6 +11,7 @@ mod dataset;
 mod eval;
 mod fsutil;
 mod generate;
+mod log_writer;
 mod model_files;
 mod output;
 mod plot;
@@ -77,8 +78,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            let msg: Vec<String> = err.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", msg.join(": "));
+            // A cause whose text its parent already ends with (an I/O error shown with its
+            // path) is not repeated.
+            let mut msg: Vec<String> = Vec::new();
+            for m in err.chain().map(ToString::to_string) {
+                if !msg.last().is_some_and(|last| last.ends_with(&m)) {
+                    msg.push(m);
+                }
+            }
+            // One line, whatever the message holds (a file name may contain a newline).
+            let line: String = msg
+                .join(": ")
+                .chars()
+                .flat_map(|c| {
+                    let escaped = c.is_control().then(|| c.escape_default());
+                    let plain = (!c.is_control()).then_some(c);
+                    escaped.into_iter().flatten().chain(plain)
+                })
+                .collect();
+            eprintln!("error: {line}");
             ExitCode::from(2)
         }
     }

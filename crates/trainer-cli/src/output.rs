@@ -23,15 +23,34 @@ pub const CONTROL_FILE: &str = "control.jsonl";
 /// What the run loop needs on top of the trainer state to resume exactly.
 pub const RUN_STATE_FILE: &str = "run_state.json";
 
-/// Files and folders this tool writes into an output folder.
+/// Files and folders this tool writes into an output folder, and the
+/// leftovers of its interrupted writes.
 fn is_ours(name: &str) -> bool {
+    is_final_name(name) || leftover_of(name).is_some()
+}
+
+/// The final names this tool writes into an output folder.
+fn is_final_name(name: &str) -> bool {
     name.starts_with("checkpoint-")
-        || name.starts_with(".checkpoint-")
         || name.starts_with("adapter_")
         || matches!(
             name,
             PARAMETERS_FILE | LOG_FILE | GRAPH_FILE | PREVIEW_FILE | CONTROL_FILE
         )
+}
+
+/// A leftover of an interrupted write: the final name it was for, and
+/// whether it is a checkpoint folder moved aside while being replaced
+/// (`.NAME.old-PID`) rather than a temporary (`.NAME.tmp-PID`, `.NAME.tmpPID`,
+/// `.NAME.tmp-PID-N.png`).
+fn leftover_of(name: &str) -> Option<(&str, bool)> {
+    let rest = name.strip_prefix('.')?;
+    let (at, old) = [(".tmp", false), (".old-", true)]
+        .into_iter()
+        .filter_map(|(marker, old)| rest.find(marker).map(|i| (i, old)))
+        .min()?;
+    let base = &rest[..at];
+    is_final_name(base).then_some((base, old))
 }
 
 /// What this tool wrote into an existing output folder, after checking the
@@ -132,7 +151,13 @@ pub fn write_checkpoint(
         fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    if let Err(e) = fill(&tmp) {
+    let filled = fill(&tmp).and_then(|()| {
+        // The folder's entries reach the disk before the folder gets its final name.
+        fs::File::open(&tmp)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))
+    });
+    if let Err(e) = filled {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e.context(format!(
             "cannot write checkpoint {name}; earlier checkpoints are intact"
@@ -151,6 +176,50 @@ pub fn write_checkpoint(
         let _ = d.sync_all();
     }
     Ok(dest)
+}
+
+/// Cleans up after a run that was killed while writing (`kill -9`, a power
+/// cut, a full disk): removes temporary checkpoint folders and temporary
+/// files, and puts back a checkpoint folder that was moved aside to be
+/// replaced when its replacement never arrived. Returns one line per
+/// leftover handled. Never touches a complete file or checkpoint.
+pub fn recover(output: &Path) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let entries = fs::read_dir(output)
+        .with_context(|| format!("cannot read output folder {}", output.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // Put folders moved aside back before removing temporaries.
+    names.sort_by_key(|n| leftover_of(n).is_none_or(|(_, old)| !old));
+    for name in names {
+        let Some((base, old)) = leftover_of(&name) else {
+            continue;
+        };
+        let path = output.join(&name);
+        let dest = output.join(base);
+        if old && !dest.exists() {
+            fs::rename(&path, &dest)
+                .with_context(|| format!("cannot restore {}", dest.display()))?;
+            done.push(format!(
+                "restored {} (it was being replaced when the run stopped)",
+                dest.display()
+            ));
+            continue;
+        }
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove leftover {}", path.display()))?;
+        done.push(format!(
+            "removed {} (left by an interrupted write)",
+            path.display()
+        ));
+    }
+    Ok(done)
 }
 
 /// Removes a checkpoint folder the retention policy let go.
@@ -300,6 +369,73 @@ mod tests {
                 assert_ne!(all[i], all[j], "{i} vs {j}");
             }
         }
+        }
+    }
+
+    #[test]
+    fn leftovers_are_recognised_by_name() {
+        for (name, want) in [
+            (".checkpoint-3.tmp-123", Some(("checkpoint-3", false))),
+            (
+                ".checkpoint-3-epoch-1.old-9",
+                Some(("checkpoint-3-epoch-1", true)),
+            ),
+            (
+                ".adapter_model.safetensors.tmp77",
+                Some(("adapter_model.safetensors", false)),
+            ),
+            (
+                ".adapter_config.json.tmp-77",
+                Some(("adapter_config.json", false)),
+            ),
+            (
+                ".training_graph.png.tmp-5-2.png",
+                Some(("training_graph.png", false)),
+            ),
+            (
+                ".training_parameters.toml.tmp-8",
+                Some((PARAMETERS_FILE, false)),
+            ),
+            (".notes.txt.tmp-1", None),
+            (".tmp-1", None),
+            ("checkpoint-3", None),
+            (".hidden", None),
+        ] {
+            assert_eq!(leftover_of(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn recover_cleans_leftovers_and_puts_back_a_moved_checkpoint() {
+        let d = tempdir("recover");
+        let mk = |name: &str, content: &str| {
+            fs::create_dir_all(d.join(name)).unwrap();
+            fs::write(d.join(name).join("x"), content).unwrap();
+        };
+        mk("checkpoint-1", "one");
+        mk(".checkpoint-2.tmp-5", "half");
+        // Killed between moving checkpoint-3 aside and renaming its replacement in.
+        mk(".checkpoint-3.old-5", "three");
+        mk(".checkpoint-3.tmp-5", "three again");
+        // Killed after the replacement was in place.
+        mk(".checkpoint-1.old-6", "old one");
+        fs::write(d.join(".adapter_model.safetensors.tmp6"), "half").unwrap();
+        fs::write(d.join(".notes.tmp-1"), "mine").unwrap();
+        let done = recover(&d).unwrap();
+        assert_eq!(done.len(), 5, "{done:?}");
+        let mut left: Vec<String> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".notes.tmp-1", "checkpoint-1", "checkpoint-3"]);
+        assert_eq!(fs::read_to_string(d.join("checkpoint-1/x")).unwrap(), "one");
+        assert_eq!(
+            fs::read_to_string(d.join("checkpoint-3/x")).unwrap(),
+            "three"
+        );
+        assert!(recover(&d).unwrap().is_empty());
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

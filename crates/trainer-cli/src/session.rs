@@ -2,8 +2,6 @@
 //! checkpoint policy's decisions, live control, the log and the graph, and
 //! Ctrl-C that saves a resumable checkpoint.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,7 +17,11 @@ use trainer_core::{evaluate, AdamWParams, TrainConfig, Trainer};
 
 use crate::control::{parse_change, Change, ControlCommand, ControlReader};
 use crate::data::{epoch_order, samples, step_batches};
-use crate::output::{self, data_fingerprint, RunState, GRAPH_FILE, LOG_FILE, RUN_STATE_FILE};
+use crate::fsutil::{disk_full_hint, write_atomic};
+use crate::log_writer::LogWriter;
+use crate::output::{
+    self, data_fingerprint, RunState, GRAPH_FILE, LOG_FILE, PARAMETERS_FILE, RUN_STATE_FILE,
+};
 use crate::progress::{Progress, ProgressMode};
 use crate::settings::Settings;
 use crate::train::{base_model_name, Prepared};
@@ -116,30 +118,6 @@ fn same_lora(saved: &LoraSettings, now: &LoraSettings) -> Result<()> {
     Ok(())
 }
 
-/// Appends log records, one flushed line each, so the log survives a crash.
-struct LogWriter {
-    file: File,
-    path: PathBuf,
-}
-
-impl LogWriter {
-    fn open(path: PathBuf) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { file, path })
-    }
-
-    fn append(&mut self, rec: &LogRecord) -> Result<()> {
-        self.file
-            .write_all(rec.to_json_line().as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("cannot append to {}", self.path.display()))
-    }
-}
-
 struct Run<'a> {
     settings: &'a Settings,
     output: &'a Path,
@@ -196,6 +174,17 @@ impl Run<'_> {
             Ok(())
         })
     }
+}
+
+/// The message of a diverged run: what went non-finite at `step`, and the last good checkpoint.
+fn diverged(what: &str, step: u64, lr: f64, last_saved: Option<&Path>) -> String {
+    let kept = last_saved.map_or("no checkpoint was written yet".to_string(), |d| {
+        format!("the last good checkpoint is {}", d.display())
+    });
+    format!(
+        "training diverged: {what} at step {step} (learning rate {lr:.3e}); training stopped and \
+         this step was not saved; {kept}. Lower the learning rate and start again"
+    )
 }
 
 fn apply_change(policy: &mut Policy, change: Change, loss_template: LossSave) -> Result<()> {
@@ -263,8 +252,17 @@ pub fn run(
     let loss_template = loss_save(&p.settings, plan, 1.0);
     let mut step = trainer.steps_done();
     if step >= total {
-        bail!("the checkpoint is already at step {step} of {total}: nothing left to train");
+        bail!(
+            "the checkpoint is already at step {step} of {total}: nothing left to train \
+             (its folder holds the adapter of that step; give --epochs to train longer)"
+        );
     }
+    // Written only now: a refused resume leaves the run's parameters as they were.
+    write_atomic(
+        &output.join(PARAMETERS_FILE),
+        p.settings.to_toml()?.as_bytes(),
+    )
+    .map_err(|e| disk_full_hint(e, output))?;
     let run = Run {
         settings: &p.settings,
         output,
@@ -304,15 +302,20 @@ pub fn run(
         let seconds = t0.elapsed().as_secs_f64();
         step = stats.step;
         if !stats.loss.is_finite() {
-            let kept = last_saved
-                .as_ref()
-                .map_or("no checkpoint was written yet".to_string(), |d| {
-                    format!("the last good checkpoint is {}", d.display())
-                });
-            bail!(
-                "the loss became {} at step {step} (learning rate {lr:.3e}): training stopped and this step was not saved; {kept}. Lower the learning rate and start again",
-                stats.loss
-            );
+            bail!(diverged(
+                &format!("the loss became {}", stats.loss),
+                step,
+                lr,
+                last_saved.as_deref()
+            ));
+        }
+        if !stats.grad_norm.is_finite() {
+            bail!(diverged(
+                &format!("the gradient norm became {}", stats.grad_norm),
+                step,
+                lr,
+                last_saved.as_deref()
+            ));
         }
         loss = stats.loss;
 
@@ -382,10 +385,23 @@ pub fn run(
             eval_loss,
             ..LogRecord::default()
         };
-        for action in policy.decide(&event) {
+        let actions = policy.decide(&event);
+        if actions.iter().any(|a| matches!(a, Action::Save { .. }))
+            && !trainer.adapter()?.is_finite()?
+        {
+            bail!(diverged(
+                "the update left inf or NaN weights",
+                step,
+                lr,
+                last_saved.as_deref()
+            ));
+        }
+        for action in actions {
             match action {
                 Action::Save { name, .. } => {
-                    let dir = run.save(&name, &trainer, &policy, loss)?;
+                    let dir = run
+                        .save(&name, &trainer, &policy, loss)
+                        .map_err(|e| disk_full_hint(e, output))?;
                     run.progress.message(&format!("saved {}", dir.display()));
                     rec.checkpoint = Some(name);
                     last_saved = Some(dir);
@@ -394,7 +410,7 @@ pub fn run(
                 Action::Stop { reason } => stop = Some(reason),
             }
         }
-        log.append(&rec)?;
+        log.append(&rec).map_err(|e| disk_full_hint(e, output))?;
         run.progress.step(&rec);
         if rec.checkpoint.is_some() {
             run.render_graph();
@@ -404,19 +420,29 @@ pub fn run(
         }
     }
 
+    let adapter = trainer.adapter()?;
+    if !adapter.is_finite()? {
+        bail!(diverged(
+            "the update left inf or NaN weights",
+            step,
+            p.scheduler.lr(step.saturating_sub(1)),
+            last_saved.as_deref()
+        ));
+    }
     for action in policy.finish(step, plan.epoch_at(step), loss) {
         match action {
             Action::Save { name, .. } => {
-                run.save(&name, &trainer, &policy, loss)?;
+                run.save(&name, &trainer, &policy, loss)
+                    .map_err(|e| disk_full_hint(e, output))?;
             }
             Action::Delete { name } => output::delete_checkpoint(output, &name)?,
             Action::Stop { .. } => {}
         }
     }
-    trainer
-        .adapter()?
+    adapter
         .save(output, &run.base_name)
-        .with_context(|| format!("cannot save the adapter into {}", output.display()))?;
+        .with_context(|| format!("cannot save the adapter into {}", output.display()))
+        .map_err(|e| disk_full_hint(e, output))?;
     run.render_graph();
     run.progress.finish();
 

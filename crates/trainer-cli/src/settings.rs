@@ -263,6 +263,38 @@ impl Settings {
                 self.eos
             );
         }
+        self.check_recordable()
+    }
+
+    /// Checks that `training_parameters.toml` can record these settings
+    /// exactly (a flag can give what TOML cannot hold), so a run never
+    /// fails on it after the model loaded and the old run was replaced.
+    fn check_recordable(&self) -> Result<()> {
+        for (key, path) in [
+            ("model", &self.model),
+            ("text", &self.text),
+            ("output", &self.output),
+        ] {
+            if path.to_str().is_none() {
+                bail!(
+                    "setting `{key}`: the path {path:?} is not valid UTF-8; rename it \
+                     (training_parameters.toml records paths as text)"
+                );
+            }
+        }
+        if let Ok(serde_json::Value::Object(values)) = serde_json::to_value(self) {
+            for (key, v) in values {
+                if let Some(n) = v.as_u64().filter(|&n| i64::try_from(n).is_err()) {
+                    bail!("setting `{key}` is {n}: give at most {}", i64::MAX);
+                }
+            }
+        }
+        let text = self
+            .to_toml()
+            .context("these settings cannot be written to training_parameters.toml")?;
+        if Self::from_toml(&text).ok().as_ref() != Some(self) {
+            bail!("these settings do not read back from training_parameters.toml unchanged");
+        }
         Ok(())
     }
 }
@@ -365,6 +397,25 @@ mod tests {
         };
         let back = Settings::from_toml(&s.to_toml().unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn what_toml_cannot_record_is_rejected_with_the_key() {
+        let mut s = Settings {
+            seed: u64::MAX,
+            ..Settings::default()
+        };
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("`seed`"), "{err}");
+        s.seed = i64::MAX as u64;
+        s.validate().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            s.text = PathBuf::from(std::ffi::OsStr::from_bytes(b"t\xffx.txt"));
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("`text`"), "{err}");
+        }
     }
 
     #[test]

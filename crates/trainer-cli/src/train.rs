@@ -16,7 +16,6 @@ use trainer_core::Model;
 use crate::chunk::summary_text;
 use crate::data::encode_blocks;
 use crate::dataset::{self, RunData};
-use crate::fsutil::write_atomic;
 use crate::output::{self, PARAMETERS_FILE, PREVIEW_FILE};
 use crate::progress::ProgressMode;
 use crate::session;
@@ -78,6 +77,15 @@ pub fn resolve_settings(args: &TrainArgs) -> Result<Settings> {
         (Some(path), _) => Settings::from_file(path)?,
         (None, Some(_)) => {
             let out = args.settings.output.clone().unwrap_or_default();
+            if out.as_os_str().is_empty() {
+                bail!("--resume needs --output DIR: the folder of the run to continue");
+            }
+            if !out.is_dir() {
+                bail!(
+                    "--resume: output folder {} does not exist or is not a folder: give the --output of the run to continue",
+                    out.display()
+                );
+            }
             let saved = out.join(PARAMETERS_FILE);
             if saved.is_file() {
                 Settings::from_file(&saved)?
@@ -143,7 +151,14 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
     // Read the data before the (slower) model load, so a bad path or file fails fast.
     let has_text = !settings.text.as_os_str().is_empty();
     let text = if has_text {
-        read_text(&settings.text, &hard_cut)?
+        let text = read_text(&settings.text, &hard_cut)?;
+        if text.trim().is_empty() {
+            bail!(
+                "{} holds no text (it is empty or only whitespace and hard cuts): give a file or folder with training text",
+                settings.text.display()
+            );
+        }
+        text
     } else {
         String::new()
     };
@@ -159,6 +174,14 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
             model.config().model_type,
             model.config().num_hidden_layers,
             t0.elapsed().as_secs_f64()
+        );
+    }
+    let context = model.config().max_position_embeddings;
+    if settings.cutoff > context {
+        bail!(
+            "setting `cutoff` is {} but the model's context is {context} tokens \
+             (max_position_embeddings): give a cutoff of at most {context}",
+            settings.cutoff
         );
     }
     let arch = Arch::from_str(&model.config().model_type).context("model architecture")?;
@@ -354,8 +377,16 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
                     output.display()
                 );
             }
-            Some("latest") => resume_dir = Some(output::latest_checkpoint(&output)?),
-            Some(dir) => resume_dir = Some(PathBuf::from(dir)),
+            Some(from) => {
+                // A killed run may have left temporaries behind: clean them first.
+                for done in output::recover(&output)? {
+                    eprintln!("{done}");
+                }
+                resume_dir = Some(match from {
+                    "latest" => output::latest_checkpoint(&output)?,
+                    dir => PathBuf::from(dir),
+                });
+            }
         }
     }
     let prepared = prepare(settings, false)?;
@@ -367,10 +398,6 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     if resume_dir.is_none() {
         output::prepare_new(&output, args.overwrite)?;
     }
-    write_atomic(
-        &output.join(PARAMETERS_FILE),
-        prepared.settings.to_toml()?.as_bytes(),
-    )?;
     eprintln!("{}", data_text(&prepared));
     eprintln!("{}", plan_text(&prepared));
     session::run(&prepared, resume_dir.as_deref(), args.progress, &output)

@@ -3,5 +3,8 @@
 mod common;
 mod datasets;
 mod errors;
+mod faults;
+mod hostile;
+mod hostile_files;
 mod real_model;
 mod tools;

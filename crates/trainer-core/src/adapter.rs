@@ -284,6 +284,23 @@ impl Adapter {
         out
     }
 
+    /// Whether every weight is a finite number. An update with a learning rate near the
+    /// float range can leave `inf` or NaN weights while the loss and gradient of that step were
+    /// still finite; such an adapter should not be saved as a good one.
+    pub fn is_finite(&self) -> Result<bool> {
+        for t in self.named_tensors().values() {
+            if !t
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .all(|v| v.is_finite())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The LoRA settings (rank, alpha, rsLoRA, targets...).
     pub fn settings(&self) -> &LoraSettings {
         &self.settings

@@ -1,0 +1,67 @@
+//! The settings of `trainer-cli train`: arbitrary config-file text and arbitrary command-line
+//! flags. No panic; a rejected file or value gives one line naming it; settings that validate
+//! are what `training_parameters.toml` records, read back unchanged, and resume without conflict.
+//!
+//! `trainer-cli` is a binary, so this target compiles its settings module itself
+//! (`crates/trainer-cli/src/settings.rs` depends only on serde, toml, clap and anyhow); the fuzz
+//! build then needs none of the model code.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../crates/trainer-cli/src/settings.rs"]
+mod settings;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+
+use clap::Parser;
+use libfuzzer_sys::fuzz_target;
+use settings::{SettingFlags, Settings};
+
+/// The settings flags of `train`, alone.
+#[derive(Debug, Parser)]
+#[command(no_binary_name = true)]
+struct Flags {
+    #[command(flatten)]
+    settings: SettingFlags,
+}
+
+// Input: the config text, then the flags, each after a NUL byte.
+fuzz_target!(|data: &[u8]| {
+    let mut parts = data.split(|&b| b == 0);
+    let text = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let args: Vec<OsString> = parts.map(|p| OsString::from_vec(p.to_vec())).collect();
+
+    let mut s = match Settings::from_toml(&text) {
+        Ok(s) => {
+            // A file that reads is one the program can write back.
+            let again = s.to_toml().expect("a settings file that reads can be written");
+            let back = Settings::from_toml(&again).expect("written settings read back");
+            assert_eq!(back.to_toml().unwrap(), again, "to_toml is not stable");
+            s
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+            Settings::default()
+        }
+    };
+    if let Ok(flags) = Flags::try_parse_from(&args) {
+        s.apply(&flags.settings);
+    }
+    match s.validate() {
+        Ok(()) => {
+            // training_parameters.toml, then `--config` / `--resume`: the same run.
+            let written = s.to_toml().expect("valid settings can be recorded");
+            let back = Settings::from_toml(&written).expect("recorded settings read back");
+            assert_eq!(back, s, "recorded settings changed\n{written}");
+            assert!(back.validate().is_ok());
+            assert!(s.resume_conflicts(&back).is_empty());
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("setting") || msg.contains("settings"), "{msg}");
+            assert!(!msg.contains('\n'), "{msg:?}");
+        }
+    }
+});
