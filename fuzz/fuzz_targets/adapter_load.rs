@@ -43,22 +43,7 @@ const SHAPES: [[usize; 2]; 7] = [
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let config = ModelConfig {
-            model_type: "llama".into(),
-            vocab_size: VOCAB,
-            hidden_size: HIDDEN,
-            intermediate_size: 32,
-            num_hidden_layers: LAYERS,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 4,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_scaling: None,
-            max_position_embeddings: 64,
-            tie_word_embeddings: true,
-            attention_bias: false,
-        };
+        let config = ModelConfig::tiny_llama(VOCAB, HIDDEN, LAYERS, 4, 2);
         Model::random(config, 0, &Device::Cpu).expect("tiny model")
     })
 }

@@ -369,7 +369,6 @@ mod tests {
                 assert_ne!(all[i], all[j], "{i} vs {j}");
             }
         }
-        }
     }
 
     #[test]

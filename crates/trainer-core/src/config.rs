@@ -71,6 +71,34 @@ fn get_f64(v: &Value, key: &str) -> Option<f64> {
 }
 
 impl ModelConfig {
+    /// A small Llama configuration for tests, fuzzing and examples with [`Model::random`](crate::Model::random):
+    /// `hidden_size / heads` per head, an MLP twice as wide as the hidden size, RMSNorm eps 1e-5, RoPE theta 1e4,
+    /// 64 positions, tied embeddings, no attention bias. Override fields with struct update syntax.
+    pub fn tiny_llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        num_hidden_layers: usize,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Self {
+        Self {
+            model_type: "llama".into(),
+            vocab_size,
+            hidden_size,
+            intermediate_size: 2 * hidden_size,
+            num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: hidden_size / heads.max(1),
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        }
+    }
+
     /// Parses a Hugging Face `config.json` (both the `rope_theta`/`rope_scaling` form and the transformers-v5
     /// `rope_parameters` form). `path` is only used in error messages.
     pub fn from_hf_json(text: &str, path: &Path) -> Result<Self> {

@@ -105,20 +105,8 @@ mod tests {
 
     fn tiny() -> Model {
         let config = ModelConfig {
-            model_type: "llama".into(),
-            vocab_size: 256,
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_scaling: None,
             max_position_embeddings: 128,
-            tie_word_embeddings: true,
-            attention_bias: false,
+            ..ModelConfig::tiny_llama(256, 32, 2, 4, 2)
         };
         Model::random(config, 5, &Device::Cpu).unwrap()
     }

@@ -9,22 +9,7 @@ use trainer_core::{Adapter, Model, ModelConfig, Sample, TrainConfig, Trainer};
 use crate::common::max_abs_diff;
 
 fn tiny() -> Model {
-    let cfg = ModelConfig {
-        model_type: "llama".into(),
-        vocab_size: 256,
-        hidden_size: 16,
-        intermediate_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 64,
-        tie_word_embeddings: true,
-        attention_bias: false,
-    };
+    let cfg = ModelConfig::tiny_llama(256, 16, 2, 4, 2);
     Model::random(cfg, 11, &Device::Cpu).unwrap()
 }
 

@@ -146,22 +146,7 @@ mod tests {
     fn tok() -> &'static Tokenizer {
         static M: OnceLock<Model> = OnceLock::new();
         M.get_or_init(|| {
-            let config = ModelConfig {
-                model_type: "llama".into(),
-                vocab_size: 256,
-                hidden_size: 8,
-                intermediate_size: 8,
-                num_hidden_layers: 1,
-                num_attention_heads: 1,
-                num_key_value_heads: 1,
-                head_dim: 8,
-                rms_norm_eps: 1e-5,
-                rope_theta: 10_000.0,
-                rope_scaling: None,
-                max_position_embeddings: 64,
-                tie_word_embeddings: true,
-                attention_bias: false,
-            };
+            let config = ModelConfig::tiny_llama(256, 8, 1, 1, 1);
             Model::random(config, 0, &candle_core::Device::Cpu).unwrap()
         })
         .tokenizer()
