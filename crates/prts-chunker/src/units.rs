@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use rayon::prelude::*;
-use unicode_segmentation::UnicodeSegmentation;
+mod split;
 
 use crate::sentences::{self, Section, Sentence};
 use crate::{Additivity, ChunkConfig, ChunkError, TokenCounter};
+use split::{prefix_over_budget, split_long, Split};
 
 /// A packable unit of text: a sentence, or a piece of a sentence too long for one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +61,8 @@ const BATCH: usize = 64;
 
 /// Splits and counts. Every sentence is encoded once (plus a few tiny encodes of its first
 /// and last words on the additive paths, each distinct string once); only over-long
-/// sentences are encoded more.
+/// sentences are encoded more, in pieces (a long one is found over-long from a prefix with
+/// additive counters, see [`prefix_over_budget`], and never encoded whole).
 pub(crate) fn build(
     text: &str,
     cfg: &ChunkConfig,
@@ -91,16 +93,21 @@ pub(crate) fn build(
         }
     }
     cfg.check_cancel()?;
-    let counts = count_sentences(text, &sents, cfg, counter, additivity);
-    cfg.check_cancel()?;
     // A unit alone must fit with BOS and (at worst) EOS.
     let budget = cfg.cutoff - cfg.specials(cfg.eos != crate::EosPlacement::None);
+    let over: Vec<bool> = sents
+        .par_iter()
+        .map(|s| prefix_over_budget(text, s, budget, counter, additivity))
+        .collect();
+    let counts = count_sentences(text, &sents, &over, cfg, counter, additivity);
+    cfg.check_cancel()?;
     let mut pieces: Vec<Option<Split>> = sents
         .par_iter()
         .zip(&counts)
-        .map(|(s, c)| {
+        .zip(&over)
+        .map(|((s, c), &over)| {
             let alone = c.c0.saturating_add(c.tail.1).saturating_sub(c.tail.0);
-            (alone > budget).then(|| split_long(text, s, budget, counter))
+            (over || alone > budget).then(|| split_long(text, s, budget, counter))
         })
         .collect();
     let mut out = Units {
@@ -191,10 +198,12 @@ enum C0 {
 /// `count(w1 + rest) = count(w1) + count(rest)` when the join before `rest` is additive. The
 /// tail correction likewise only encodes the last word with and without its line breaks.
 /// These short strings repeat a lot ("And", " The"), so each distinct one is encoded once.
-/// Other counters: two encodes per sentence.
+/// Other counters: two encodes per sentence. Sentences marked `over` (see
+/// [`prefix_over_budget`]) are not encoded and get zero counts.
 fn count_sentences(
     text: &str,
     sents: &[Sent],
+    over: &[bool],
     cfg: &ChunkConfig,
     counter: &(impl TokenCounter + Sync),
     additivity: Additivity,
@@ -206,6 +215,7 @@ fn count_sentences(
             counter.count(t)
         }
     };
+    debug_assert!(additivity != Additivity::None || !over.contains(&true));
     if additivity == Additivity::None {
         return sents
             .par_iter()
@@ -265,8 +275,15 @@ fn count_sentences(
     }
     let full: Vec<usize> = sents
         .par_iter()
+        .zip(over)
         .with_min_len(BATCH)
-        .map(|s| count(&text[s.start..s.end]))
+        .map(|(s, &over)| {
+            if over {
+                0
+            } else {
+                count(&text[s.start..s.end])
+            }
+        })
         .collect();
     let small: Vec<usize> = small
         .par_iter()
@@ -277,7 +294,12 @@ fn count_sentences(
         .iter()
         .zip(full)
         .zip(keys)
-        .map(|((s, c1), (c0, tail))| {
+        .zip(over)
+        .map(|(((s, c1), (c0, tail)), &over)| {
+            if over {
+                // Split by the caller, which counts the pieces.
+                return Counts::default();
+            }
             let c0 = match c0 {
                 C0::SameAsC1 => c1,
                 C0::Direct(i) => small[i],
@@ -291,155 +313,9 @@ fn count_sentences(
         .collect()
 }
 
-/// An over-long sentence cut into pieces that fit.
-#[derive(Debug)]
-struct Split {
-    units: Vec<Unit>,
-    dropped: usize,
-    chars_dropped: usize,
-}
-
-/// Cuts a sentence whose core exceeds `budget` tokens: at word boundaries where possible,
-/// else at grapheme boundaries; a single grapheme over budget is dropped and counted.
-///
-/// Candidate ends are searched by galloping within a window of `budget * WINDOW_BYTES_PER_TOKEN`
-/// bytes, so the cost grows with the piece, not with the sentence.
-fn split_long(text: &str, s: &Sent, budget: usize, counter: &impl TokenCounter) -> Split {
-    let mut out = Split {
-        units: Vec::new(),
-        dropped: 0,
-        chars_dropped: 0,
-    };
-    let end = s.core.end;
-    let mut lead = s.start; // start of the next piece (its leading whitespace)
-    let mut cur = s.core.start; // start of the next piece's core
-    while cur < end {
-        let window = floor_char_boundary(
-            text,
-            cur.saturating_add(budget.saturating_mul(WINDOW_BYTES_PER_TOKEN))
-                .min(end),
-        );
-        let words = word_ends(text, cur, window, end);
-        let fits = |e: usize| counter.count(&text[cur..e]) <= budget;
-        let piece_end = match largest_fitting(&words, fits) {
-            Some(e) => e,
-            None => {
-                let graphemes: Vec<usize> = text[cur..words[0].min(window)]
-                    .grapheme_indices(true)
-                    .map(|(i, g)| cur + i + g.len())
-                    .collect();
-                let graphemes = if graphemes.is_empty() {
-                    // The window ended inside the first grapheme: take that grapheme whole.
-                    text[cur..]
-                        .graphemes(true)
-                        .next()
-                        .map(|g| vec![cur + g.len()])
-                        .unwrap_or_default()
-                } else {
-                    graphemes
-                };
-                if let Some(e) = largest_fitting(&graphemes, fits) {
-                    e
-                } else {
-                    let g = graphemes.first().copied().unwrap_or(end).min(end);
-                    out.dropped += 1;
-                    out.chars_dropped += text[cur..g].chars().count();
-                    cur = g;
-                    lead = g;
-                    continue;
-                }
-            }
-        };
-        // The last piece keeps the sentence's line breaks (see `Unit::end`).
-        let unit_end = if piece_end == end { s.end } else { piece_end };
-        let c0 = counter.count(&text[cur..unit_end]);
-        let c1 = if lead < cur {
-            counter.count(&text[lead..unit_end])
-        } else {
-            c0
-        };
-        let tail = if unit_end > piece_end {
-            (c0, counter.count(&text[cur..piece_end]))
-        } else {
-            (0, 0)
-        };
-        out.units.push(Unit {
-            start: lead,
-            core: cur..piece_end,
-            end: unit_end,
-            section: s.section,
-            c0,
-            c1,
-            tail,
-            joins: false,
-        });
-        lead = piece_end;
-        cur = text[piece_end..end]
-            .find(|c: char| !c.is_whitespace())
-            .map_or(end, |i| piece_end + i);
-    }
-    out
-}
-
-/// Bytes per token assumed when bounding the search for a piece's end.
-const WINDOW_BYTES_PER_TOKEN: usize = 64;
-
-fn floor_char_boundary(text: &str, mut i: usize) -> usize {
-    while !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-/// Ends of the words (non-whitespace to whitespace transitions) in `from..window`, then
-/// `end` if it lies in the window; at least the first word's end.
-fn word_ends(text: &str, from: usize, window: usize, end: usize) -> Vec<usize> {
-    let mut v = Vec::new();
-    let mut prev_ws = false;
-    for (i, c) in text[from..end].char_indices() {
-        let ws = c.is_whitespace();
-        if ws && !prev_ws && i > 0 {
-            v.push(from + i);
-            if from + i >= window {
-                return v;
-            }
-        }
-        prev_ws = ws;
-    }
-    v.push(end);
-    v
-}
-
-/// The largest candidate accepted by `fits`: galloping, then binary search (candidates
-/// ascending, `fits` assumed monotone; whatever is returned was checked).
-fn largest_fitting(cands: &[usize], fits: impl Fn(usize) -> bool) -> Option<usize> {
-    if !fits(*cands.first()?) {
-        return None;
-    }
-    let (mut lo, mut hi) = (0, cands.len()); // cands[lo] fits; cands[hi..] unknown or not
-    let mut step = 1;
-    while lo + step < hi {
-        if fits(cands[lo + step]) {
-            lo += step;
-            step *= 2;
-        } else {
-            hi = lo + step;
-            break;
-        }
-    }
-    while lo + 1 < hi {
-        let mid = lo + (hi - lo) / 2;
-        if fits(cands[mid]) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Some(cands[lo])
-}
-
 #[cfg(test)]
 mod tests {
+    use super::split::WINDOW_BYTES_PER_TOKEN;
     use super::*;
     use crate::WhitespaceCounter;
     use proptest::prelude::*;
@@ -468,19 +344,84 @@ mod tests {
         /// and their counts are the counter's.
         #[test]
         fn units_fit_and_cover(words in proptest::collection::vec("[a-z]{1,4}[.]?", 0..80), cutoff in 8usize..20) {
-            let text = words.join(" ");
-            let cfg = ChunkConfig::new(cutoff).with_eos(crate::EosPlacement::None);
-            let u = build(&text, &cfg, &WhitespaceCounter).unwrap();
-            let mut pos = 0;
-            for unit in &u.units {
-                prop_assert!(unit.c0 <= cutoff);
-                prop_assert_eq!(unit.c0, WhitespaceCounter.count(&text[unit.core.clone()]));
-                prop_assert_eq!(unit.c1, WhitespaceCounter.count(&text[unit.start..unit.end]));
-                prop_assert!(text[pos..unit.core.start].trim().is_empty());
-                pos = unit.core.end;
-            }
-            prop_assert!(text[pos..].trim().is_empty());
-            prop_assert_eq!(u.pieces_dropped, 0);
+            fit_and_cover(&words.join(" "), cutoff)?;
         }
+
+        /// The same for sentences long enough to be found over-long from a prefix.
+        #[test]
+        fn long_sentences_fit_and_cover(words in proptest::collection::vec("[a-z]{1,6}[.]?", 0..600), cutoff in 2usize..6) {
+            let words: Vec<String> = words
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| if i % 97 == 0 { w } else { w.replace('.', "") })
+                .collect();
+            fit_and_cover(&words.join(" "), cutoff)?;
+        }
+    }
+
+    fn fit_and_cover(text: &str, cutoff: usize) -> Result<(), TestCaseError> {
+        let cfg = ChunkConfig::new(cutoff).with_eos(crate::EosPlacement::None);
+        let u = build(text, &cfg, &WhitespaceCounter).unwrap();
+        let mut pos = 0;
+        for unit in &u.units {
+            prop_assert!(unit.c0 <= cutoff);
+            prop_assert_eq!(unit.c0, WhitespaceCounter.count(&text[unit.core.clone()]));
+            prop_assert_eq!(
+                unit.c1,
+                WhitespaceCounter.count(&text[unit.start..unit.end])
+            );
+            prop_assert!(text[pos..unit.core.start].trim().is_empty());
+            pos = unit.core.end;
+        }
+        prop_assert!(text[pos..].trim().is_empty());
+        prop_assert_eq!(u.pieces_dropped, 0);
+        Ok(())
+    }
+
+    /// Counts words like [`WhitespaceCounter`] and records the longest text it was given.
+    #[derive(Default)]
+    struct Longest(std::sync::atomic::AtomicUsize);
+
+    impl TokenCounter for Longest {
+        fn count(&self, text: &str) -> usize {
+            self.0
+                .fetch_max(text.len(), std::sync::atomic::Ordering::Relaxed);
+            WhitespaceCounter.count(text)
+        }
+        fn additivity(&self) -> Additivity {
+            Additivity::AtWhitespace
+        }
+    }
+
+    /// Word counts without the additivity promise.
+    struct NonAdditive;
+
+    impl TokenCounter for NonAdditive {
+        fn count(&self, text: &str) -> usize {
+            WhitespaceCounter.count(text)
+        }
+    }
+
+    #[test]
+    fn a_huge_sentence_is_never_encoded_whole() {
+        let text = "lorem ipsum dolor ".repeat(2000) + "end. Short one.";
+        let cfg = ChunkConfig::new(64).with_eos(crate::EosPlacement::None);
+        let counter = Longest::default();
+        let u = build(&text, &cfg, &counter).unwrap();
+        // A counter without additivity encodes every sentence whole.
+        let whole = build(&text, &cfg, &NonAdditive).unwrap();
+        let key = |u: &Unit| (u.start, u.core.clone(), u.end, u.c0, u.c1);
+        assert_eq!(
+            u.units.iter().map(key).collect::<Vec<_>>(),
+            whole.units.iter().map(key).collect::<Vec<_>>()
+        );
+        assert_eq!(u.pieces_split, 1);
+        let longest = counter.0.into_inner();
+        assert!(
+            longest < 64 * WINDOW_BYTES_PER_TOKEN,
+            "{longest} bytes encoded at once"
+        );
+        assert!(u.units.iter().all(|u| u.c0 <= 64));
+        assert_eq!(&text[u.units.last().unwrap().core.clone()], "Short one.");
     }
 }
