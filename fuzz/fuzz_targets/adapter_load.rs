@@ -12,20 +12,13 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use candle_core::Device;
 use libfuzzer_sys::fuzz_target;
-use lora_targets::{lora_tensor_key, saved_module_key, AdapterConfig, LoraPart, LoraSettings};
+use lora_targets::{
+    lora_tensor_key, saved_module_key, AdapterConfig, Arch, LoraPart, LoraSettings,
+};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use trainer_core::{Adapter, Model, ModelConfig};
 
-const MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 const LAYERS: usize = 2;
 const HIDDEN: usize = 16;
 const VOCAB: usize = 256;
@@ -96,7 +89,7 @@ enum Weights<'a> {
 fn modules(mask: u8) -> Vec<String> {
     (0..7)
         .filter(|i| mask & (1 << i) != 0)
-        .map(|i| MODULES[i].to_string())
+        .map(|i| Arch::Llama.linear_modules()[i].to_string())
         .collect()
 }
 
@@ -161,7 +154,10 @@ fn weights_bytes(w: &Weights) -> Vec<u8> {
                 continue;
             }
             let group = if m < 4 { "self_attn" } else { "mlp" };
-            let path = format!("model.layers.{l}.{group}.{}", MODULES[m]);
+            let path = format!(
+                "model.layers.{l}.{group}.{}",
+                Arch::Llama.linear_modules()[m]
+            );
             named.push((lora_tensor_key(&path, LoraPart::A), vec![r, *inp]));
             named.push((lora_tensor_key(&path, LoraPart::B), vec![*out, r]));
         }
@@ -241,7 +237,11 @@ fuzz_target!(|input: (Config, Weights)| {
     let (config, weights) = input;
     let dir = scratch("in");
     std::fs::write(dir.join("adapter_config.json"), config_text(&config)).unwrap();
-    std::fs::write(dir.join("adapter_model.safetensors"), weights_bytes(&weights)).unwrap();
+    std::fs::write(
+        dir.join("adapter_model.safetensors"),
+        weights_bytes(&weights),
+    )
+    .unwrap();
     let model = model();
     let Ok(adapter) = Adapter::load(&dir, model) else {
         return;

@@ -140,9 +140,14 @@ pub fn build(
             })
         }
     };
-    let encode = |records: &[Record], path: &Path| {
-        let kind = kind.as_ref().expect("a dataset was read, so it has a kind");
-        encode_dataset(records, path, kind, &opts, tok, special)
+    let encode = |records: &[Record], path: &Path| -> Result<_> {
+        let kind = kind.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is a dataset, but no --dataset was given to say how to read it",
+                path.display()
+            )
+        })?;
+        Ok(encode_dataset(records, path, kind, &opts, tok, special)?)
     };
     let mut data = RunData {
         samples: Vec::new(),

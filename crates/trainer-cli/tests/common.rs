@@ -8,6 +8,21 @@ pub fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_trainer-cli"))
 }
 
+/// `train` on the real model into `out` at tiny settings (rank 4, alpha 8, batch 2, lr 1e-3, no loss-threshold
+/// saves, JSON-lines progress) with the given cutoff; callers add the data and further flags.
+pub fn tiny_train(out: &Path, cutoff: &str) -> Command {
+    let mut c = cli();
+    c.arg("train")
+        .arg("--model")
+        .arg(model())
+        .arg("--output")
+        .arg(out)
+        .args(["--cutoff", cutoff, "--rank", "4", "--alpha", "8"])
+        .args(["--batch-size", "2", "--learning-rate", "1e-3"])
+        .args(["--save-under-loss", "0", "--progress", "jsonl"]);
+    c
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

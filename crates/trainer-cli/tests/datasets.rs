@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{assert_clean_error, cli, model, repo, run_ok, sample_text, tempdir};
+use crate::common::{
+    assert_clean_error, cli, model, repo, run_ok, sample_text, tempdir, tiny_train,
+};
 
 fn fixture(name: &str) -> PathBuf {
     repo().join("crates/trainer-core/tests/fixtures").join(name)
@@ -203,28 +205,11 @@ fn malformed_datasets_are_clean_errors() {
 }
 
 fn train_chat(out: &Path, dataset: &Path, extra: &[&str]) -> Command {
-    let mut c = cli();
-    c.arg("train")
-        .arg("--model")
-        .arg(model())
-        .arg("--dataset")
+    let mut c = tiny_train(out, "96");
+    c.arg("--dataset")
         .arg(dataset)
         .arg("--eval-dataset")
         .arg(fixture("chat.jsonl"))
-        .arg("--output")
-        .arg(out)
-        .args([
-            "--cutoff",
-            "96",
-            "--rank",
-            "4",
-            "--alpha",
-            "8",
-            "--batch-size",
-            "2",
-        ])
-        .args(["--learning-rate", "1e-3", "--save-under-loss", "0"])
-        .args(["--progress", "jsonl"])
         .args(extra);
     c
 }

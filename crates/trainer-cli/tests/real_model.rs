@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::{cli, model, run_ok, sample_text, tempdir};
+use crate::common::{cli, model, run_ok, sample_text, tempdir, tiny_train};
 
 /// A few kilobytes of the sample, cut at a line end.
 fn small_text(dir: &Path) -> PathBuf {
@@ -21,33 +21,10 @@ fn small_text(dir: &Path) -> PathBuf {
 }
 
 fn train_cmd(text: &Path, out: &Path) -> Command {
-    let mut c = cli();
-    c.arg("train")
-        .arg("--model")
-        .arg(model())
-        .arg("--text")
+    let mut c = tiny_train(out, "64");
+    c.arg("--text")
         .arg(text)
-        .arg("--output")
-        .arg(out)
-        .args([
-            "--cutoff",
-            "64",
-            "--rank",
-            "4",
-            "--alpha",
-            "8",
-            "--batch-size",
-            "2",
-        ])
-        .args([
-            "--epochs",
-            "0.6",
-            "--learning-rate",
-            "1e-3",
-            "--save-every",
-            "3",
-        ])
-        .args(["--save-under-loss", "0", "--progress", "jsonl"]);
+        .args(["--epochs", "0.6", "--save-every", "3"]);
     c
 }
 
