@@ -43,21 +43,29 @@ pub(crate) struct Noise<'a> {
 impl Noise<'_> {
     /// A dropout mask for a tensor of shape `shape` (kept entries scaled by `1/(1-p)`), or `None` when p = 0.
     fn dropout_mask(&mut self, x: &Tensor) -> Result<Option<Tensor>> {
+        self.dropout_values(x.elem_count())
+            .map(|mask| Tensor::from_vec(mask, x.shape(), x.device()))
+            .transpose()
+    }
+
+    /// The values of [`Self::dropout_mask`] for `n` elements (the same draws from the RNG).
+    pub(crate) fn dropout_values(&mut self, n: usize) -> Option<Vec<f32>> {
         let p = self.lora_dropout;
         if p <= 0.0 {
-            return Ok(None);
+            return None;
         }
         let keep = (1.0 / (1.0 - p)) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if f64::from(self.rng.next_f32()) < p {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect();
-        Ok(Some(Tensor::from_vec(mask, x.shape(), x.device())?))
+        Some(
+            (0..n)
+                .map(|_| {
+                    if f64::from(self.rng.next_f32()) < p {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
@@ -118,6 +126,19 @@ impl Decoder<'_> {
             Tensor::from_vec(cos, (t, hd), device)?,
             Tensor::from_vec(sin, (t, hd), device)?,
         ))
+    }
+
+    /// The first halves of the RoPE tables, `[t, head_dim / 2]` each (the other halves repeat them).
+    pub(crate) fn rope_half_tables(&self, t: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (cos, sin) = self.rope_tables(t, &Device::Cpu)?;
+        let half = cos.dim(1)? / 2;
+        let take = |x: Tensor| {
+            x.narrow(1, 0, half)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        Ok((take(cos)?, take(sin)?))
     }
 
     fn proj(

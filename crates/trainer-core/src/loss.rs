@@ -152,7 +152,7 @@ impl CustomOp1 for FusedCe {
 }
 
 /// Turns a row of logits into `softmax - onehot(t)` in place and returns the NLL of `t`.
-fn softmax_minus_onehot(row: &mut [f32], t: usize) -> f32 {
+pub(crate) fn softmax_minus_onehot(row: &mut [f32], t: usize) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let x_t = row[t];
     let mut sum = 0f64;

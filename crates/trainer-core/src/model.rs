@@ -33,6 +33,7 @@ pub struct Model {
     source: PathBuf,
     device: Device,
     fused: bool,
+    engine: bool,
 }
 
 impl Model {
@@ -58,6 +59,7 @@ impl Model {
             source: path.to_path_buf(),
             device: device.clone(),
             fused: true,
+            engine: true,
         })
     }
 
@@ -74,6 +76,7 @@ impl Model {
             source: PathBuf::from("<random>"),
             device: device.clone(),
             fused: true,
+            engine: true,
         })
     }
 
@@ -82,6 +85,18 @@ impl Model {
     /// ([`Model::logits`], [`Model::perplexity`]) and CUDA always use the composed ops.
     pub fn set_fused_kernels(&mut self, on: bool) {
         self.fused = on;
+    }
+
+    /// Chooses, for training on the CPU with the fused kernels, between the hand-written whole-model forward and
+    /// backward pass (the default; fastest) and candle's autograd over the fused ops (what the engine is tested
+    /// against). A trained `lm_head` or `embed_tokens` copy always goes through candle's autograd.
+    pub fn set_training_engine(&mut self, on: bool) {
+        self.engine = on;
+    }
+
+    /// Whether training may use the engine (see [`Model::set_training_engine`]).
+    pub(crate) fn engine_enabled(&self) -> bool {
+        self.engine && self.fused && self.device.is_cpu()
     }
 
     /// The hyper-parameters.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
 use crate::decoder::Noise;
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::io;
 use crate::lora::{LoraPair, LoraWeights};
@@ -417,6 +418,10 @@ impl<'m> Trainer<'m> {
         }
         let lw = self.lora_weights();
         let ids = Tensor::from_vec(ids, (b, t), &dev)?;
+        if self.model.engine_enabled() && engine::supports(&self.model.decoder(), &lw) {
+            let nll = self.accumulate_engine(&ids, &rows, &targets, total, &lw, grads)?;
+            return Ok((nll, b * t));
+        }
         let rows = Tensor::new(rows.as_slice(), &dev)?;
         let targets = Tensor::new(targets.as_slice(), &dev)?;
         let nll_sum = if self.config.gradient_checkpointing {
@@ -437,6 +442,78 @@ impl<'m> Trainer<'m> {
             nll_sum
         };
         Ok((f64::from(nll_sum.to_scalar::<f32>()?), b * t))
+    }
+
+    /// [`Self::accumulate`] through the CPU engine (`engine.rs`).
+    fn accumulate_engine(
+        &mut self,
+        ids: &Tensor,
+        rows: &[u32],
+        targets: &[u32],
+        total: usize,
+        lw: &LoraWeights,
+        grads: &mut [Option<Tensor>],
+    ) -> Result<f64> {
+        let mut pairs = Vec::new();
+        for slot in &self.slots {
+            if let Slot::Pair {
+                layer,
+                module,
+                a,
+                b,
+            } = *slot
+            {
+                pairs.push(engine::PairParams {
+                    layer,
+                    module,
+                    a: self.params[a]
+                        .var
+                        .as_tensor()
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                    b: self.params[b]
+                        .var
+                        .as_tensor()
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                    grad_a: a,
+                    grad_b: b,
+                });
+            }
+        }
+        let mut flat: Vec<Vec<f32>> = self
+            .params
+            .iter()
+            .map(|p| vec![0f32; p.var.elem_count()])
+            .collect();
+        let mut noise = Noise {
+            rng: &mut self.rng,
+            lora_dropout: self.settings.dropout,
+            neftune_alpha: self.config.neftune_alpha,
+        };
+        let batch = engine::Batch {
+            ids,
+            rows,
+            targets,
+            total,
+        };
+        let nll = engine::micro_batch(
+            &self.model.decoder(),
+            lw,
+            &pairs,
+            &batch,
+            &mut noise,
+            self.config.gradient_checkpointing,
+            &mut flat,
+        )?;
+        for ((p, slot), g) in self.params.iter().zip(grads.iter_mut()).zip(flat) {
+            let g = Tensor::from_vec(g, p.var.shape(), p.var.device())?;
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+        }
+        Ok(nll)
     }
 
     /// Forward layer by layer keeping only each layer's input, then backward layer by layer, recomputing each
