@@ -172,10 +172,12 @@ fn engine_matches_candle_autograd_with_bias_dropout_neftune_and_padding() {
         };
         let mut a = Trainer::new(&engine, s.clone(), cfg.clone()).unwrap();
         let mut b = Trainer::new(&autograd, s.clone(), cfg).unwrap();
+        // 150 tokens: more than one causal block of the engine's attention.
+        let long = Sample::causal((0..150u32).map(|i| (i * 37 + 11) % 256).collect());
         let steps = [
             vec![
                 vec![sample(), Sample::causal(vec![70, 71, 72])],
-                vec![Sample::causal(vec![90, 91, 92, 93, 94])],
+                vec![long.clone(), Sample::causal(vec![90, 91, 92, 93, 94])],
             ],
             vec![vec![sample()]],
             vec![vec![Sample::causal(vec![80, 81, 82, 83, 84, 85]), sample()]],
@@ -194,7 +196,7 @@ fn engine_matches_candle_autograd_with_bias_dropout_neftune_and_padding() {
             );
             assert!((sa.grad_norm - sb.grad_norm).abs() < 1e-4 * sa.grad_norm.max(1.0));
         }
-        let batch = [sample(), Sample::causal(vec![65, 66, 67])];
+        let batch = [sample(), long, Sample::causal(vec![65, 66, 67])];
         let (ga, gb) = (a.gradients(&batch).unwrap(), b.gradients(&batch).unwrap());
         assert_eq!(ga.len(), 2 * 7 * 2);
         for (key, x) in &ga {

@@ -1,10 +1,10 @@
 //! One decoder layer of the engine: forward keeping what backward needs, and backward.
 
 use candle_core::Result;
-use rayon::prelude::*;
 
+use super::attention::{attention, attention_backward};
 use super::gemm::{matmul, Mode, Threads, View};
-use super::kernels;
+use super::kernels::{self, zeros};
 use crate::decoder::Noise;
 
 /// Sizes of one micro-batch through the model.
@@ -20,13 +20,13 @@ pub(crate) struct Dims {
 }
 
 impl Dims {
-    fn n(&self) -> usize {
+    pub fn n(&self) -> usize {
         self.b * self.t
     }
-    fn q_width(&self) -> usize {
+    pub fn q_width(&self) -> usize {
         self.heads * self.head_dim
     }
-    fn kv_width(&self) -> usize {
+    pub fn kv_width(&self) -> usize {
         self.kv_heads * self.head_dim
     }
 }
@@ -71,11 +71,11 @@ pub(crate) struct Saved {
     inv1: Vec<f32>,
     h1: Vec<f32>,
     /// After RoPE.
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
     /// `[b, heads, t, t]`.
-    probs: Vec<f32>,
+    pub probs: Vec<f32>,
     attn: Vec<f32>,
     x2: Vec<f32>,
     inv2: Vec<f32>,
@@ -98,7 +98,7 @@ fn project(
     let weight = w.linears[m];
     let inp = x.len() / n.max(1);
     let out = weight.len() / inp.max(1);
-    let mut y = vec![0f32; n * out];
+    let mut y = zeros(n * out);
     matmul(
         &mut y,
         0,
@@ -122,7 +122,7 @@ fn project(
                 None => x,
             };
             let r = l.rank;
-            let mut u = vec![0f32; n * r];
+            let mut u = zeros(n * r);
             matmul(
                 &mut u,
                 0,
@@ -187,7 +187,7 @@ fn project_backward(
         return Ok(());
     };
     let r = l.rank;
-    let mut du = vec![0f32; n * r];
+    let mut du = zeros(n * r);
     matmul(
         &mut du,
         0,
@@ -237,7 +237,7 @@ fn project_backward(
     )?;
     match &s.mask {
         Some(mk) => {
-            let mut dx = vec![0f32; n * inp];
+            let mut dx = zeros(n * inp);
             matmul(
                 &mut dx,
                 0,
@@ -269,160 +269,6 @@ fn project_backward(
     Ok(())
 }
 
-/// Causal attention of rotated `q` `[n, heads·hd]`, `k`, `v` `[n, kv_heads·hd]`: returns the probabilities
-/// `[b, heads, t, t]` and the output `[n, heads·hd]`.
-fn attention(ctx: &Context, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
-    let d = ctx.dims;
-    let (t, hd, nh) = (d.t, d.head_dim, d.heads);
-    let (qw, kw) = (d.q_width(), d.kv_width());
-    let rep = nh / d.kv_heads.max(1);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut probs = vec![0f32; d.b * nh * t * t];
-    let mut heads = vec![0f32; d.b * nh * t * hd];
-    probs
-        .par_chunks_mut(t * t)
-        .zip(heads.par_chunks_mut(t * hd))
-        .enumerate()
-        .try_for_each(|(bh, (p, o))| -> Result<()> {
-            let (bi, hi) = (bh / nh, bh % nh);
-            let g = hi / rep;
-            let qv = View::rows(q, bi * t * qw + hi * hd, qw);
-            let kv = View::rows(k, bi * t * kw + g * hd, kw);
-            let vv = View::rows(v, bi * t * kw + g * hd, kw);
-            matmul(
-                p,
-                0,
-                t,
-                (t, t, hd),
-                qv,
-                kv.t(),
-                Mode::Set,
-                1.0,
-                Threads::Seq,
-            )?;
-            kernels::causal_softmax(p, t, scale);
-            matmul(
-                o,
-                0,
-                hd,
-                (t, hd, t),
-                View::rows(p, 0, t),
-                vv,
-                Mode::Set,
-                1.0,
-                Threads::Seq,
-            )
-        })?;
-    let mut attn = vec![0f32; d.n() * qw];
-    attn.par_chunks_mut(qw).enumerate().for_each(|(row, a)| {
-        let (bi, ti) = (row / t, row % t);
-        for (hi, dst) in a.chunks_mut(hd).enumerate() {
-            dst.copy_from_slice(&heads[((bi * nh + hi) * t + ti) * hd..][..hd]);
-        }
-    });
-    Ok((probs, attn))
-}
-
-/// Backward of [`attention`] given `d_attn` `[n, heads·hd]`: returns `dq` (before the inverse RoPE), `dk`, `dv`.
-fn attention_backward(
-    ctx: &Context,
-    s: &Saved,
-    d_attn: &[f32],
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let d = ctx.dims;
-    let (t, hd, nh, nkv) = (d.t, d.head_dim, d.heads, d.kv_heads);
-    let (qw, kw) = (d.q_width(), d.kv_width());
-    let rep = nh / nkv.max(1);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut dq_heads = vec![0f32; d.b * nh * t * hd];
-    let mut dk_heads = vec![0f32; d.b * nkv * t * hd];
-    let mut dv_heads = vec![0f32; d.b * nkv * t * hd];
-    let (q, k, v, probs) = (&s.q, &s.k, &s.v, &s.probs);
-    dq_heads
-        .par_chunks_mut(rep * t * hd)
-        .zip(
-            dk_heads
-                .par_chunks_mut(t * hd)
-                .zip(dv_heads.par_chunks_mut(t * hd)),
-        )
-        .enumerate()
-        .try_for_each(|(bg, (dq, (dk, dv)))| -> Result<()> {
-            let (bi, g) = (bg / nkv, bg % nkv);
-            let kv = View::rows(k, bi * t * kw + g * hd, kw);
-            let vv = View::rows(v, bi * t * kw + g * hd, kw);
-            let mut dp = vec![0f32; t * t];
-            for j in 0..rep {
-                let hi = g * rep + j;
-                let p = &probs[(bi * nh + hi) * t * t..][..t * t];
-                let d_o = View::rows(d_attn, bi * t * qw + hi * hd, qw);
-                let first = if j == 0 { Mode::Set } else { Mode::Add };
-                matmul(
-                    &mut dp,
-                    0,
-                    t,
-                    (t, t, hd),
-                    d_o,
-                    vv.t(),
-                    Mode::Set,
-                    1.0,
-                    Threads::Seq,
-                )?;
-                matmul(
-                    dv,
-                    0,
-                    hd,
-                    (t, hd, t),
-                    View::rows(p, 0, t).t(),
-                    d_o,
-                    first,
-                    1.0,
-                    Threads::Seq,
-                )?;
-                kernels::causal_softmax_backward(&mut dp, p, t, scale);
-                matmul(
-                    dq,
-                    j * t * hd,
-                    hd,
-                    (t, hd, t),
-                    View::rows(&dp, 0, t),
-                    kv,
-                    Mode::Set,
-                    1.0,
-                    Threads::Seq,
-                )?;
-                let qv = View::rows(q, bi * t * qw + hi * hd, qw);
-                matmul(
-                    dk,
-                    0,
-                    hd,
-                    (t, hd, t),
-                    View::rows(&dp, 0, t).t(),
-                    qv,
-                    first,
-                    1.0,
-                    Threads::Seq,
-                )?;
-            }
-            Ok(())
-        })?;
-    let gather = |src: &[f32], heads: usize| {
-        let width = heads * hd;
-        let mut out = vec![0f32; d.n() * width];
-        out.par_chunks_mut(width).enumerate().for_each(|(row, o)| {
-            let (bi, ti) = (row / t, row % t);
-            for (hi, dst) in o.chunks_mut(hd).enumerate() {
-                dst.copy_from_slice(&src[((bi * heads + hi) * t + ti) * hd..][..hd]);
-            }
-        });
-        out
-    };
-    Ok((
-        gather(&dq_heads, nh),
-        gather(&dk_heads, nkv),
-        gather(&dv_heads, nkv),
-    ))
-}
-
 /// One layer forward from its input `x`; returns the output and the activations for backward.
 pub(crate) fn forward(
     ctx: &Context,
@@ -442,7 +288,7 @@ pub(crate) fn forward(
             false,
         )
     };
-    let mut h1 = vec![0f32; x.len()];
+    let mut h1 = zeros(x.len());
     let inv1 = kernels::rms_forward(&x, w.input_norm, d.eps, &mut h1);
     let (mut q, lq) = project(ctx, w, 0, &h1, noise)?;
     let (mut k, lk) = project(ctx, w, 1, &h1, noise)?;
@@ -452,11 +298,11 @@ pub(crate) fn forward(
     let (probs, attn) = attention(ctx, &q, &k, &v)?;
     let (mut x2, lo) = project(ctx, w, 3, &attn, noise)?;
     kernels::add_assign(&mut x2, &x);
-    let mut h2 = vec![0f32; x.len()];
+    let mut h2 = zeros(x.len());
     let inv2 = kernels::rms_forward(&x2, w.post_norm, d.eps, &mut h2);
     let (gate, lg) = project(ctx, w, 4, &h2, noise)?;
     let (up, lu) = project(ctx, w, 5, &h2, noise)?;
-    let mut act = vec![0f32; gate.len()];
+    let mut act = zeros(gate.len());
     kernels::swiglu(&gate, &up, &mut act);
     let (mut out, ld) = project(ctx, w, 6, &act, noise)?;
     kernels::add_assign(&mut out, &x2);
@@ -493,7 +339,7 @@ pub(crate) fn backward(
     let n = d.n();
     let lora = |m: usize| s.lora[m].as_ref();
     // MLP: out = x2 + down(silu(gate) · up).
-    let mut d_gate = vec![0f32; n * d.inter];
+    let mut d_gate = zeros(n * d.inter);
     project_backward(
         ctx,
         w,
@@ -505,9 +351,9 @@ pub(crate) fn backward(
         Mode::Set,
         grads,
     )?;
-    let mut d_up = vec![0f32; n * d.inter];
+    let mut d_up = zeros(n * d.inter);
     kernels::swiglu_backward(&s.gate, &s.up, &mut d_gate, &mut d_up);
-    let mut d_h2 = vec![0f32; n * d.hidden];
+    let mut d_h2 = zeros(n * d.hidden);
     project_backward(
         ctx,
         w,
@@ -533,7 +379,7 @@ pub(crate) fn backward(
     drop((d_gate, d_up));
     kernels::rms_backward(&d_h2, &s.x2, &s.inv2, w.post_norm, &mut dy);
     // Attention: x2 = x + o(attn(q, k, v)).
-    let mut d_attn = vec![0f32; n * d.q_width()];
+    let mut d_attn = zeros(n * d.q_width());
     project_backward(
         ctx,
         w,
