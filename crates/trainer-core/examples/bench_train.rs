@@ -2,8 +2,10 @@
 //! set, batch 4 x 256 tokens of KJV text, f32.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [composed] [ckpt]
+//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [autograd|composed] [ckpt]
 //! ```
+//! Kernels: the CPU engine by default; `autograd` = candle's autograd over the fused ops (the path before the
+//! engine); `composed` = candle's autograd over ops composed from candle primitives.
 //! The model path comes from `TRAINER_TEST_MODEL` (default `models/SmolLM2-135M-Instruct.Q4_1.gguf`). Run one
 //! target set per process so the peak RSS belongs to it.
 
@@ -44,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let targets = args.first().map_or("qv", String::as_str);
     let steps: usize = args.get(1).map_or(Ok(3), |s| s.parse())?;
     let composed = args.iter().any(|s| s == "composed");
+    let autograd = args.iter().any(|s| s == "autograd");
     let checkpointing = args.iter().any(|s| s == "ckpt");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let path = std::env::var_os("TRAINER_TEST_MODEL").map_or_else(
@@ -53,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let mut model = Model::load(&path, &Device::Cpu)?;
     model.set_fused_kernels(!composed);
+    model.set_training_engine(!autograd);
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
 
@@ -108,7 +112,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "targets={targets} kernels={} checkpointing={checkpointing} threads={threads} batch={batch}x{seq} r=8 \
          trainable={} load={load_s:.2}s rss_after_load={rss_after_load:.0}MB",
-        if composed { "composed" } else { "fused" },
+        if composed {
+            "composed"
+        } else if autograd {
+            "autograd"
+        } else {
+            "engine"
+        },
         trainer.trainable_parameters()
     );
     // On a shared machine the fastest step is the best estimate of the uncontended speed; the median is given too.

@@ -8,7 +8,7 @@ use candle_core::Result;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mode, Threads, View};
-use super::kernels::{self, zeros};
+use super::kernels;
 use super::layer::{Context, Saved};
 
 /// Query rows per block of the causal products.
@@ -24,7 +24,7 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 /// Copies per-head blocks `[b, heads, t, hd]` into rows `[b · t, heads · hd]`.
 fn heads_to_rows(src: &[f32], b: usize, t: usize, heads: usize, hd: usize) -> Vec<f32> {
     let width = heads * hd;
-    let mut out = zeros(b * t * width);
+    let mut out = vec![0f32; b * t * width];
     out.par_chunks_mut(width).enumerate().for_each(|(row, o)| {
         let (bi, ti) = (row / t, row % t);
         for (hi, dst) in o.chunks_mut(hd).enumerate() {
@@ -47,8 +47,8 @@ pub(crate) fn attention(
     let (qw, kw) = (d.q_width(), d.kv_width());
     let rep = nh / d.kv_heads.max(1);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut probs = zeros(d.b * nh * t * t);
-    let mut heads = zeros(d.b * nh * t * hd);
+    let mut probs = vec![0f32; d.b * nh * t * t];
+    let mut heads = vec![0f32; d.b * nh * t * hd];
     probs
         .par_chunks_mut(t * t)
         .zip(heads.par_chunks_mut(t * hd))
@@ -104,9 +104,9 @@ pub(crate) fn attention_backward(
     let (qw, kw) = (d.q_width(), d.kv_width());
     let rep = nh / nkv.max(1);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut dq_heads = zeros(d.b * nh * t * hd);
-    let mut dk_heads = zeros(d.b * nkv * t * hd);
-    let mut dv_heads = zeros(d.b * nkv * t * hd);
+    let mut dq_heads = vec![0f32; d.b * nh * t * hd];
+    let mut dk_heads = vec![0f32; d.b * nkv * t * hd];
+    let mut dv_heads = vec![0f32; d.b * nkv * t * hd];
     let (q, k, v, probs) = (&s.q, &s.k, &s.v, &s.probs);
     // One task per (sequence, kv head): it owns that kv head's dK, dV and the dQ of the query heads sharing it.
     dq_heads

@@ -169,14 +169,3 @@ pub(crate) fn add_bias(y: &mut [f32], bias: &[f32]) {
             }
         });
 }
-
-/// A zeroed buffer of `n` floats, zeroed by the rayon pool (a serial `memset` of the many-megabyte activation
-/// buffers would leave the other threads idle).
-pub(crate) fn zeros(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    (0..n)
-        .into_par_iter()
-        .map(|_| 0f32)
-        .collect_into_vec(&mut v);
-    v
-}

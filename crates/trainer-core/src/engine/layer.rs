@@ -4,7 +4,7 @@ use candle_core::Result;
 
 use super::attention::{attention, attention_backward};
 use super::gemm::{matmul, Mode, Threads, View};
-use super::kernels::{self, zeros};
+use super::kernels;
 use crate::decoder::Noise;
 
 /// Sizes of one micro-batch through the model.
@@ -98,7 +98,7 @@ fn project(
     let weight = w.linears[m];
     let inp = x.len() / n.max(1);
     let out = weight.len() / inp.max(1);
-    let mut y = zeros(n * out);
+    let mut y = vec![0f32; n * out];
     matmul(
         &mut y,
         0,
@@ -122,7 +122,7 @@ fn project(
                 None => x,
             };
             let r = l.rank;
-            let mut u = zeros(n * r);
+            let mut u = vec![0f32; n * r];
             matmul(
                 &mut u,
                 0,
@@ -187,7 +187,7 @@ fn project_backward(
         return Ok(());
     };
     let r = l.rank;
-    let mut du = zeros(n * r);
+    let mut du = vec![0f32; n * r];
     matmul(
         &mut du,
         0,
@@ -237,7 +237,7 @@ fn project_backward(
     )?;
     match &s.mask {
         Some(mk) => {
-            let mut dx = zeros(n * inp);
+            let mut dx = vec![0f32; n * inp];
             matmul(
                 &mut dx,
                 0,
@@ -288,7 +288,7 @@ pub(crate) fn forward(
             false,
         )
     };
-    let mut h1 = zeros(x.len());
+    let mut h1 = vec![0f32; x.len()];
     let inv1 = kernels::rms_forward(&x, w.input_norm, d.eps, &mut h1);
     let (mut q, lq) = project(ctx, w, 0, &h1, noise)?;
     let (mut k, lk) = project(ctx, w, 1, &h1, noise)?;
@@ -298,11 +298,11 @@ pub(crate) fn forward(
     let (probs, attn) = attention(ctx, &q, &k, &v)?;
     let (mut x2, lo) = project(ctx, w, 3, &attn, noise)?;
     kernels::add_assign(&mut x2, &x);
-    let mut h2 = zeros(x.len());
+    let mut h2 = vec![0f32; x.len()];
     let inv2 = kernels::rms_forward(&x2, w.post_norm, d.eps, &mut h2);
     let (gate, lg) = project(ctx, w, 4, &h2, noise)?;
     let (up, lu) = project(ctx, w, 5, &h2, noise)?;
-    let mut act = zeros(gate.len());
+    let mut act = vec![0f32; gate.len()];
     kernels::swiglu(&gate, &up, &mut act);
     let (mut out, ld) = project(ctx, w, 6, &act, noise)?;
     kernels::add_assign(&mut out, &x2);
@@ -339,7 +339,7 @@ pub(crate) fn backward(
     let n = d.n();
     let lora = |m: usize| s.lora[m].as_ref();
     // MLP: out = x2 + down(silu(gate) · up).
-    let mut d_gate = zeros(n * d.inter);
+    let mut d_gate = vec![0f32; n * d.inter];
     project_backward(
         ctx,
         w,
@@ -351,9 +351,9 @@ pub(crate) fn backward(
         Mode::Set,
         grads,
     )?;
-    let mut d_up = zeros(n * d.inter);
+    let mut d_up = vec![0f32; n * d.inter];
     kernels::swiglu_backward(&s.gate, &s.up, &mut d_gate, &mut d_up);
-    let mut d_h2 = zeros(n * d.hidden);
+    let mut d_h2 = vec![0f32; n * d.hidden];
     project_backward(
         ctx,
         w,
@@ -379,7 +379,7 @@ pub(crate) fn backward(
     drop((d_gate, d_up));
     kernels::rms_backward(&d_h2, &s.x2, &s.inv2, w.post_norm, &mut dy);
     // Attention: x2 = x + o(attn(q, k, v)).
-    let mut d_attn = zeros(n * d.q_width());
+    let mut d_attn = vec![0f32; n * d.q_width()];
     project_backward(
         ctx,
         w,

@@ -250,11 +250,11 @@ fn head_loss(
 ) -> Result<(f64, Vec<f32>)> {
     let h = dims.hidden;
     let vocab = head.len() / h.max(1);
-    let mut hf = kernels::zeros(x.len());
+    let mut hf = vec![0f32; x.len()];
     let inv = kernels::rms_forward(x, norm, dims.eps, &mut hf);
     let scale = 1.0 / batch.total as f32;
-    let mut d_hf = kernels::zeros(x.len());
-    let mut logits = kernels::zeros(HEAD_CHUNK.min(batch.rows.len()) * vocab);
+    let mut d_hf = vec![0f32; x.len()];
+    let mut logits = vec![0f32; HEAD_CHUNK.min(batch.rows.len()) * vocab];
     let mut rows_in = vec![0f32; HEAD_CHUNK.min(batch.rows.len()) * h];
     let mut rows_out = vec![0f32; rows_in.len()];
     if let Some(&bad) = batch.targets.iter().find(|&&tg| tg as usize >= vocab) {
@@ -311,7 +311,7 @@ fn head_loss(
             d_hf[r * h..(r + 1) * h].copy_from_slice(src);
         }
     }
-    let mut dx = kernels::zeros(x.len());
+    let mut dx = vec![0f32; x.len()];
     kernels::rms_backward(&d_hf, x, &inv, norm, &mut dx);
     Ok((nll, dx))
 }
