@@ -169,3 +169,49 @@ pub(crate) fn add_bias(y: &mut [f32], bias: &[f32]) {
             }
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn inverse_rope_undoes_rope(seed in any::<u64>(), t in 1usize..40, heads in 1usize..4, half in 1usize..6) {
+            let hd = 2 * half;
+            let mut rng = Rng::new(seed);
+            let angles = rng.uniform(t * half, -3.0, 3.0);
+            let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+            let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+            let x = rng.uniform(2 * t * heads * hd, -2.0, 2.0);
+            let mut y = x.clone();
+            rope(&mut y, heads * hd, hd, t, &cos, &sin, false);
+            // A rotation keeps the length of each (j, j + half) pair.
+            for (a, b) in x.chunks(hd).zip(y.chunks(hd)) {
+                for k in 0..half {
+                    let (la, lb) = (a[k] * a[k] + a[k + half] * a[k + half], b[k] * b[k] + b[k + half] * b[k + half]);
+                    prop_assert!((la - lb).abs() < 1e-4, "{la} vs {lb}");
+                }
+            }
+            rope(&mut y, heads * hd, hd, t, &cos, &sin, true);
+            for (a, b) in x.iter().zip(&y) {
+                prop_assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+
+        #[test]
+        fn causal_softmax_rows_sum_to_one_over_the_visible_keys(seed in any::<u64>(), t in 1usize..30) {
+            let mut rng = Rng::new(seed);
+            let mut s = rng.uniform(t * t, -20.0, 20.0);
+            causal_softmax(&mut s, t, 0.7);
+            for (i, row) in s.chunks(t).enumerate() {
+                let sum: f32 = row[..=i].iter().sum();
+                prop_assert!((sum - 1.0).abs() < 1e-5, "row {i} sums to {sum}");
+                prop_assert!(row[..=i].iter().all(|&p| p >= 0.0));
+                prop_assert!(row[i + 1..].iter().all(|&p| p == 0.0));
+            }
+        }
+    }
+}
