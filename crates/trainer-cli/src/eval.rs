@@ -237,7 +237,7 @@ fn split_csv(line: &str) -> Vec<String> {
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in UTC.
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -11,6 +11,7 @@ mod dataset;
 mod eval;
 mod fsutil;
 mod generate;
+mod lock;
 mod log_writer;
 mod model_files;
 mod output;

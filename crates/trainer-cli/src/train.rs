@@ -16,6 +16,7 @@ use trainer_core::Model;
 use crate::chunk::summary_text;
 use crate::data::encode_blocks;
 use crate::dataset::{self, RunData};
+use crate::lock;
 use crate::output::{self, PARAMETERS_FILE, PREVIEW_FILE};
 use crate::progress::ProgressMode;
 use crate::session;
@@ -363,19 +364,27 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let output = settings.output.clone();
     // Check everything cheap first; nothing is deleted before the run is known to be valid.
     let mut resume_dir = None;
-    if !args.dry_run {
+    // The output-folder lock, held until this function returns (the whole run), taken before
+    // anything in the folder is looked at, cleaned, deleted or written. `--dry-run` takes none: it
+    // writes only lr_preview.png (atomically), which no run writes or deletes.
+    let _lock = if args.dry_run {
+        None
+    } else {
         if output.as_os_str().is_empty() {
             bail!("no output folder: give --output DIR");
         }
+        if args.resume.is_some() && !output.is_dir() {
+            bail!(
+                "--resume: output folder {} does not exist",
+                output.display()
+            );
+        }
+        Some(lock::acquire(&output)?)
+    };
+    if !args.dry_run {
         match args.resume.as_deref() {
             None => {
                 output::check_new(&output, args.overwrite)?;
-            }
-            Some(_) if !output.is_dir() => {
-                bail!(
-                    "--resume: output folder {} does not exist",
-                    output.display()
-                );
             }
             Some(from) => {
                 // A killed run may have left temporaries behind: clean them first.

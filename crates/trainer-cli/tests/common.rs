@@ -1,7 +1,12 @@
 //! Helpers shared by the integration tests.
 
+use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The output-folder lock file (the binary's `lock::LOCK_FILE`).
+pub const LOCK_FILE: &str = ".trainer-cli.lock";
 
 /// The binary under test.
 pub fn cli() -> Command {
@@ -78,5 +83,25 @@ pub fn run_ok(c: &mut Command) -> Output {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Every file under `dir`, with its bytes.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
     out
 }

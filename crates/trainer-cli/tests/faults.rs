@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_clean_error, cli, model, run_ok, sample_text, tempdir};
+use crate::common::{
+    assert_clean_error, cli, model, run_ok, sample_text, snapshot, tempdir, LOCK_FILE,
+};
 
 /// The first lines of the sample (a few kilobytes, 7 steps with [`tiny`]).
 fn text(dir: &Path) -> PathBuf {
@@ -84,12 +86,13 @@ fn checkpoints(out: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Names in `out` (one level) that start with a dot: leftovers of writes.
+/// Names in `out` (one level) that start with a dot: leftovers of writes
+/// (the output-folder lock file, which stays by design, is not one).
 fn hidden(out: &Path) -> Vec<String> {
     fs::read_dir(out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && n != LOCK_FILE)
         .collect()
 }
 
@@ -112,26 +115,6 @@ fn assert_all_loadable(model: &trainer_core::Model, out: &Path) -> Vec<u64> {
 
 fn load_model() -> trainer_core::Model {
     trainer_core::Model::load(&model(), &candle_core::Device::Cpu).unwrap()
-}
-
-/// Every file under `dir`, with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
 }
 
 fn all_finite(path: &Path) -> bool {
@@ -328,6 +311,8 @@ fn a_full_disk_while_saving_keeps_the_earlier_checkpoints_and_adapter() {
     let before = snapshot(&out);
     let params = PathBuf::from("training_parameters.toml");
     let log = PathBuf::from("training_log.jsonl");
+    // The lock file names its latest holder.
+    let lock = PathBuf::from(LOCK_FILE);
     let model = load_model();
 
     // A checkpoint write fails: the adapter (about 0.9 MB) fits under the
@@ -348,7 +333,8 @@ fn a_full_disk_while_saving_keeps_the_earlier_checkpoints_and_adapter() {
     assert!(err.contains("adapter_model.safetensors"), "{err}");
 
     // Nothing was added and nothing changed, but the parameters file (the new
-    // epochs) and the log (whole records of the steps trained, appended).
+    // epochs), the log (whole records of the steps trained, appended) and the
+    // lock file (its holder).
     let after = snapshot(&out);
     let keys = |m: &BTreeMap<PathBuf, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&before), keys(&after));
@@ -356,7 +342,7 @@ fn a_full_disk_while_saving_keeps_the_earlier_checkpoints_and_adapter() {
         if *path == log {
             assert!(after[path].starts_with(bytes), "the log was rewritten");
             plot_report::read_log(out.join(&log)).unwrap();
-        } else if *path != params {
+        } else if *path != params && *path != lock {
             assert!(after[path] == *bytes, "{} changed", path.display());
         }
     }

@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::common::{assert_clean_error, cli, model, run_ok, sample_text, tempdir};
 use crate::hostile::{dry_run, no_panic};
@@ -69,6 +69,13 @@ fn trained() -> &'static Path {
     })
 }
 
+/// Taken by a test for as long as it runs `train` on the shared run: each such
+/// run holds the output folder's lock, so two at once would refuse each other.
+fn shared_run_turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Copies the files of folder `from` into a new folder `to`.
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
@@ -95,6 +102,7 @@ fn eval_with(adapter: &Path) -> Output {
 #[test]
 fn truncated_or_foreign_adapters_are_refused() {
     let run = trained();
+    let _turn = shared_run_turn();
     let d = tempdir("hostile-adapter");
     let ckpt = fs::read_dir(run)
         .unwrap()
@@ -173,6 +181,7 @@ fn truncated_or_foreign_adapters_are_refused() {
 #[test]
 fn resuming_with_other_targets_or_rank_is_refused_and_changes_nothing() {
     let run = trained();
+    let _turn = shared_run_turn();
     let before: Vec<(PathBuf, Vec<u8>)> = [
         "adapter_model.safetensors",
         "training_log.jsonl",

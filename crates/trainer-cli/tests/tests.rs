@@ -6,5 +6,6 @@ mod errors;
 mod faults;
 mod hostile;
 mod hostile_files;
+mod lock;
 mod real_model;
 mod tools;
