@@ -67,6 +67,34 @@ fn check_reports_masks_and_dump_marks_them() {
     );
 }
 
+/// The dump of `chat.jsonl` (or its ShareGPT twin) under SmolLM2's template: the expected texts, replies learned.
+fn assert_chat_dump(dump: &Path, what: &str) {
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dump)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{what}");
+    for (n, line) in lines.iter().enumerate() {
+        let want =
+            std::fs::read_to_string(fixture(&format!("chat-expected-{}.txt", n + 1))).unwrap();
+        assert_eq!(line["text"], want.as_str(), "{what}");
+        let learned: Vec<&str> = line["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["learned"] == true)
+            .map(|s| s["text"].as_str().unwrap())
+            .collect();
+        let want_learned: &[&str] = if n == 0 {
+            &["Paris.<|im_end|>"]
+        } else {
+            &["5<|im_end|>", "8<|im_end|>"]
+        };
+        assert_eq!(learned, want_learned, "{what}");
+    }
+}
+
 #[test]
 fn chat_dataset_uses_the_model_template_or_the_given_one() {
     let d = tempdir("ds-chat");
@@ -87,30 +115,21 @@ fn chat_dataset_uses_the_model_template_or_the_given_one() {
             c.arg("--chat-template").arg(t);
         }
         run_ok(&mut c);
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dump)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        for (n, line) in lines.iter().enumerate() {
-            let want =
-                std::fs::read_to_string(fixture(&format!("chat-expected-{}.txt", n + 1))).unwrap();
-            assert_eq!(line["text"], want.as_str(), "template {template:?}");
-            let learned: Vec<&str> = line["segments"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| s["learned"] == true)
-                .map(|s| s["text"].as_str().unwrap())
-                .collect();
-            let want_learned: &[&str] = if n == 0 {
-                &["Paris.<|im_end|>"]
-            } else {
-                &["5<|im_end|>", "8<|im_end|>"]
-            };
-            assert_eq!(learned, want_learned);
-        }
+        assert_chat_dump(&dump, &format!("template {template:?}"));
     }
+}
+
+#[test]
+fn sharegpt_dataset_reads_as_its_messages_twin() {
+    let d = tempdir("ds-sharegpt");
+    let dump = d.join("dump.jsonl");
+    let mut c = check(&["--cutoff", "128"]);
+    c.arg("--dataset")
+        .arg(fixture("chat-sharegpt.jsonl"))
+        .arg("--dump-dataset")
+        .arg(&dump);
+    run_ok(&mut c);
+    assert_chat_dump(&dump, "chat-sharegpt.jsonl");
 }
 
 #[test]
@@ -160,6 +179,7 @@ fn malformed_datasets_are_clean_errors() {
     let bad_fmt = write(&d, "fmt.json", "{\"instruction,output\": 3}");
     let bad_tpl = write(&d, "t.jinja", "{% for m in messages %}");
     let no_content = write(&d, "chat.jsonl", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\n{\"messages\":[{\"role\":\"user\"}]}\n");
+    let bad_role = write(&d, "sharegpt.jsonl", "{\"conversations\":[{\"from\":\"human\",\"value\":\"hi\"}]}\n{\"conversations\":[{\"from\":\"human\",\"value\":\"hi\"},{\"from\":\"narrator\",\"value\":\"then\"}]}\n");
     let cases: Vec<(Vec<&Path>, Vec<&str>, &str)> = vec![
         (vec![&mixed, &fmt], vec![], "record 2 (line 3)"),
         (vec![&bad_json, &fmt], vec![], "bad.jsonl: line 2"),
@@ -169,6 +189,11 @@ fn malformed_datasets_are_clean_errors() {
             vec![&no_content],
             vec![],
             "record 2 (line 2): message 1 has no `content`",
+        ),
+        (
+            vec![&bad_role],
+            vec![],
+            "sharegpt.jsonl: record 2 (line 2): turn 2: `from` \"narrator\"",
         ),
         (
             vec![&chat],

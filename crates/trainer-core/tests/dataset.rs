@@ -1,12 +1,12 @@
 //! The dataset pipeline on the fixtures with the real SmolLM2 tokenizer: format files, train_only_after, the chat
-//! template rendered as transformers renders it, and label masks checked token by token.
+//! template rendered as transformers renders it, ShareGPT records, and label masks checked token by token.
 
 use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
 use trainer_core::dataset::{
-    encode_dataset, read_records, ChatTemplate, DatasetKind, EncodeOptions, Format, LongSamples,
-    TrainOn,
+    encode_dataset, parse_records, read_records, ChatTemplate, DatasetKind, EncodeOptions, Format,
+    LongSamples, TrainOn,
 };
 use trainer_core::{SpecialTokens, IGNORE_INDEX};
 
@@ -192,14 +192,22 @@ fn smollm2_template_renders_as_transformers_does() {
     }
 }
 
-fn chat(train_on: TrainOn) -> trainer_core::dataset::EncodedDataset {
-    let path = fixture("chat.jsonl");
-    let records = read_records(&path).unwrap();
-    let kind = DatasetKind::Chat {
+fn chat_kind(train_on: TrainOn) -> DatasetKind {
+    DatasetKind::Chat {
         template: smollm_template(),
         train_on,
-    };
+    }
+}
+
+fn chat_file(name: &str, train_on: TrainOn) -> trainer_core::dataset::EncodedDataset {
+    let path = fixture(name);
+    let records = read_records(&path).unwrap();
+    let kind = chat_kind(train_on);
     encode_dataset(&records, &path, &kind, &opts(256), &tokenizer(), SPECIAL).unwrap()
+}
+
+fn chat(train_on: TrainOn) -> trainer_core::dataset::EncodedDataset {
+    chat_file("chat.jsonl", train_on)
 }
 
 #[test]
@@ -292,4 +300,146 @@ fn dump_marks_masked_and_learned_runs() {
             (true, "Paris.<|im_end|>")
         ]
     );
+}
+
+#[test]
+fn sharegpt_trains_to_the_same_samples_as_messages() {
+    for train_on in [TrainOn::Responses, TrainOn::All] {
+        let messages = chat(train_on);
+        let sharegpt = chat_file("chat-sharegpt.jsonl", train_on);
+        assert_eq!(messages.samples.len(), 2);
+        assert_eq!(sharegpt, messages, "{train_on:?}");
+    }
+}
+
+/// Encodes `text` (a JSON Lines dataset named `name`) as chat data under SmolLM2's template.
+fn chat_text(
+    name: &str,
+    text: &str,
+    train_on: TrainOn,
+) -> trainer_core::Result<trainer_core::dataset::EncodedDataset> {
+    let path = Path::new(name);
+    let records = parse_records(text, path)?;
+    encode_dataset(
+        &records,
+        path,
+        &chat_kind(train_on),
+        &opts(256),
+        &tokenizer(),
+        SPECIAL,
+    )
+}
+
+#[test]
+fn weight_zero_leaves_an_assistant_turn_unlearned_in_both_shapes() {
+    let tok = tokenizer();
+    let plain = chat(TrainOn::Responses);
+    let text = concat!(
+        r#"{"messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "2+3?"}, "#,
+        r#"{"role": "assistant", "content": "5", "weight": 0}, {"role": "user", "content": "And 4+4?", "weight": 1}, "#,
+        r#"{"role": "assistant", "content": "8", "weight": 1}]}"#,
+        "\n",
+        r#"{"system": "Answer briefly.", "conversations": [{"from": "human", "value": "2+3?"}, "#,
+        r#"{"from": "gpt", "value": "5", "weight": 0}, {"from": "human", "value": "And 4+4?", "weight": 1}, "#,
+        r#"{"from": "gpt", "value": "8"}]}"#,
+        "\n",
+    );
+    let d = chat_text("w.jsonl", text, TrainOn::Responses).unwrap();
+    for s in &d.samples {
+        // The same tokens as without weights; only the "5" reply is no longer learned.
+        assert_eq!(s.input_ids, plain.samples[1].input_ids);
+        let segs = trainer_core::dataset::dump_segments(&tok, s).unwrap();
+        let learned: Vec<&str> = segs
+            .iter()
+            .filter(|g| g.learned)
+            .map(|g| g.text.as_str())
+            .collect();
+        assert_eq!(learned, ["8<|im_end|>"]);
+    }
+    // `all` learns every token whatever the weights.
+    let all = chat_text("w.jsonl", text, TrainOn::All).unwrap();
+    assert_eq!(all.samples[1], chat(TrainOn::All).samples[1]);
+    // A conversation whose only reply has weight 0 has nothing to learn: dropped, counted.
+    let none = chat_text(
+        "w.jsonl",
+        r#"{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello", "weight": 0}]}"#,
+        TrainOn::Responses,
+    )
+    .unwrap();
+    assert_eq!((none.report.kept, none.report.nothing_to_learn), (0, 1));
+}
+
+#[test]
+fn bad_sharegpt_records_name_the_file_record_line_and_turn() {
+    let good = r#"{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}"#;
+    for (bad, needle) in [
+        (
+            r#"{"messages": [{"role": "user", "content": "Hi"}], "conversations": [{"from": "human", "value": "Hi"}]}"#,
+            "has both `messages` and `conversations`",
+        ),
+        (
+            r#"{"conversations": [{"from": "human", "value": "Hi"}, {"value": "Hello"}]}"#,
+            "turn 2 has no `from` (keys: {value})",
+        ),
+        (
+            r#"{"conversations": [{"role": "user", "content": "Hi"}]}"#,
+            "turn 1 has no `from` (keys: {content, role})",
+        ),
+        (
+            r#"{"conversations": [{"from": "human"}]}"#,
+            "turn 1 has no `value`",
+        ),
+        (
+            r#"{"conversations": [{"from": "human", "value": ["Hi"]}]}"#,
+            "turn 1 has a `value` that is not a string",
+        ),
+        (
+            r#"{"conversations": [{"from": 1, "value": "Hi"}]}"#,
+            "turn 1 has a `from` that is not a string",
+        ),
+        (
+            r#"{"conversations": [{"from": "human", "value": "Hi"}, {"from": "narrator", "value": "Then"}]}"#,
+            "turn 2: `from` \"narrator\" is not a ShareGPT role",
+        ),
+        (
+            r#"{"conversations": [{"from": "human", "value": "Hi"}, {"from": "function_call", "value": "{}"}]}"#,
+            "turn 2: `from` \"function_call\" is a tool call",
+        ),
+        (
+            r#"{"conversations": [{"from": "gpt", "value": "Hi", "weight": 0.5}]}"#,
+            "turn 1 has `weight` 0.5: give 0",
+        ),
+        (
+            r#"{"conversations": "Hi"}"#,
+            "`conversations` is not a list",
+        ),
+        (r#"{"conversations": []}"#, "`conversations` is empty"),
+        (r#"{"conversations": ["Hi"]}"#, "turn 1 is not an object"),
+        (
+            r#"{"system": ["x"], "conversations": [{"from": "human", "value": "Hi"}]}"#,
+            "`system` is not a string",
+        ),
+        (
+            r#"{"system": "A", "conversations": [{"from": "system", "value": "B"}]}"#,
+            "both a `system` field and a first `system` turn",
+        ),
+    ] {
+        let text = format!("{good}\n\n{bad}\n");
+        let err = chat_text("bad.jsonl", &text, TrainOn::Responses)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.jsonl: record 2 (line 3): ") && err.contains(needle),
+            "{needle}: {err}"
+        );
+        // In a JSON array the record is named without a line.
+        let array = format!("[{good}, {bad}]");
+        let err = chat_text("bad.json", &array, TrainOn::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.json: record 2: ") && err.contains(needle),
+            "{needle}: {err}"
+        );
+    }
 }

@@ -1,15 +1,17 @@
-//! Chat datasets: `{"messages": [{"role": ..., "content": ...}, ...]}` rendered with the model's Jinja chat template
-//! (minijinja, configured as transformers configures jinja2: `trim_blocks`, `lstrip_blocks`, Python string methods),
-//! and the byte spans of the assistant turns in the rendered text.
+//! Chat datasets: `{"messages": [{"role": ..., "content": ...}, ...]}` (or ShareGPT's `conversations`, read in
+//! `sharegpt.rs`) rendered with the model's Jinja chat template (minijinja, configured as transformers
+//! configures jinja2: `trim_blocks`, `lstrip_blocks`, Python string methods), and the byte spans of the assistant
+//! turns in the rendered text.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment, ErrorKind};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::records::Record;
+use super::sharegpt;
 use crate::error::{Error, Result};
 
 /// One message of a conversation.
@@ -19,45 +21,128 @@ pub struct Message {
     pub role: String,
     /// The text.
     pub content: String,
+    /// Whether an assistant message is learned under [`super::TrainOn::Responses`]: false when the record gives it
+    /// `"weight": 0`. Other roles are never learned under `Responses`. The template does not see it.
+    #[serde(skip)]
+    pub learn: bool,
 }
 
-/// The conversation of a chat record; errors name the record and the message.
+impl Message {
+    /// A message that is learned when it is an assistant message.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            learn: true,
+        }
+    }
+}
+
+/// The key names of one chat record shape.
+pub(super) struct Shape {
+    /// The record's list of turns.
+    pub list: &'static str,
+    /// The turn's role key.
+    pub role: &'static str,
+    /// The turn's text key.
+    pub content: &'static str,
+    /// How errors name a turn.
+    pub turn: &'static str,
+}
+
+/// OpenAI-style `messages: [{role, content}]`.
+const MESSAGES: Shape = Shape {
+    list: "messages",
+    role: "role",
+    content: "content",
+    turn: "message",
+};
+
+/// The conversation of a chat record: its `messages`, or its ShareGPT `conversations` with the roles mapped
+/// (`human`/`user` -> `user`; `gpt`/`assistant`/`chatgpt`/`bing`/`bard`/`model` -> `assistant`; `system`;
+/// `tool`/`function`/`observation` -> `tool`; case-insensitive) after the record's top-level `system` string when
+/// it is not blank. A `weight` of 0 on a message or turn clears [`Message::learn`]. Errors name the record and the
+/// message or turn: both lists, a missing or non-string role or text, an unknown ShareGPT role, a `weight` other
+/// than 0 or 1.
 pub fn messages_of(rec: &Record, dataset: &Path) -> Result<Vec<Message>> {
     let err = |m: String| Error::dataset(dataset, format!("{}: {m}", rec.location()));
-    let list = match rec.fields.get("messages") {
+    match (
+        rec.fields.contains_key(MESSAGES.list),
+        rec.fields.contains_key(sharegpt::SHAPE.list),
+    ) {
+        (true, true) => Err(err(
+            "has both `messages` and `conversations`: a chat record holds one conversation, keep one of them"
+                .into(),
+        )),
+        (false, true) => sharegpt::messages(rec, &err),
+        (true, false) => turns(rec, &MESSAGES, &err)?
+            .into_iter()
+            .map(|(role, content, learn)| {
+                Ok(Message {
+                    role,
+                    content,
+                    learn,
+                })
+            })
+            .collect(),
+        (false, false) => Err(err(format!(
+            "has no `messages` list nor ShareGPT `conversations` (keys: {}): a chat dataset needs one per record; \
+             for instruction data give a format file (--format)",
+            rec.keys()
+        ))),
+    }
+}
+
+/// The (role, text, learn) of every turn of `shape`'s list in `rec`, checked: a non-empty list of objects with
+/// string role and text, and an optional `weight` of 0 or 1.
+pub(super) fn turns(
+    rec: &Record,
+    shape: &Shape,
+    err: &dyn Fn(String) -> Error,
+) -> Result<Vec<(String, String, bool)>> {
+    let list = match rec.fields.get(shape.list) {
         Some(Value::Array(l)) => l,
-        Some(_) => return Err(err("`messages` is not a list".into())),
-        None => {
-            return Err(err(format!(
-                "has no `messages` list (keys: {}): a chat dataset needs one per record; for instruction data \
-                 give a format file (--format)",
-                rec.keys()
-            )))
-        }
+        Some(_) => return Err(err(format!("`{}` is not a list", shape.list))),
+        None => return Err(err(format!("has no `{}` list", shape.list))),
     };
     if list.is_empty() {
-        return Err(err("`messages` is empty".into()));
+        return Err(err(format!("`{}` is empty", shape.list)));
     }
     list.iter()
         .enumerate()
         .map(|(i, m)| {
+            let what = format!("{} {}", shape.turn, i + 1);
+            let Value::Object(m) = m else {
+                return Err(err(format!("{what} is not an object")));
+            };
             let field = |name: &str| match m.get(name) {
                 Some(Value::String(s)) => Ok(s.clone()),
-                Some(_) => Err(err(format!(
-                    "message {} has a `{name}` that is not a string",
-                    i + 1
+                Some(_) => Err(err(format!("{what} has a `{name}` that is not a string"))),
+                None => Err(err(format!(
+                    "{what} has no `{name}` (keys: {}): every {} needs a string `{}` and `{}`",
+                    keys(m),
+                    shape.turn,
+                    shape.role,
+                    shape.content
                 ))),
-                None => Err(err(format!("message {} has no `{name}`", i + 1))),
             };
-            if !m.is_object() {
-                return Err(err(format!("message {} is not an object", i + 1)));
-            }
-            Ok(Message {
-                role: field("role")?,
-                content: field("content")?,
-            })
+            let learn = match m.get("weight").map(|w| (w, w.as_f64())) {
+                None | Some((_, Some(1.0))) => true,
+                Some((_, Some(0.0))) => false,
+                Some((w, _)) => {
+                    let todo = "give 0 (do not learn this turn) or 1 (learn it)";
+                    return Err(err(format!("{what} has `weight` {w}: {todo}")));
+                }
+            };
+            Ok((field(shape.role)?, field(shape.content)?, learn))
         })
         .collect()
+}
+
+fn keys(m: &Map<String, Value>) -> String {
+    let mut k: Vec<&str> = m.keys().map(String::as_str).collect();
+    k.sort_unstable();
+    format!("{{{}}}", k.join(", "))
 }
 
 /// A compiled chat template with the special-token strings it may use.
@@ -125,15 +210,16 @@ impl ChatTemplate {
         })
     }
 
-    /// The rendered conversation and the byte spans of its assistant turns. Turn `i` spans from the end of the
-    /// conversation up to it rendered with the generation prompt, to the end of the conversation up to and
-    /// including it rendered without, trailing whitespace excluded: the reply and its end-of-turn token(s).
+    /// The rendered conversation and the byte spans of its learned assistant turns (those without `"weight": 0`).
+    /// Turn `i` spans from the end of the conversation up to it rendered with the generation prompt, to the end of
+    /// the conversation up to and including it rendered without, trailing whitespace excluded: the reply and its
+    /// end-of-turn token(s).
     /// Fails when the template does not render prefixes of a conversation as prefixes of its rendering.
     pub fn assistant_spans(&self, messages: &[Message]) -> Result<(String, Vec<Range<usize>>)> {
         let full = self.render(messages, false)?;
         let mut spans = Vec::new();
         for (i, m) in messages.iter().enumerate() {
-            if m.role != "assistant" {
+            if m.role != "assistant" || !m.learn {
                 continue;
             }
             let start = self.render(&messages[..i], true)?;
@@ -175,12 +261,7 @@ mod tests {
                           {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
     fn msgs(list: &[(&str, &str)]) -> Vec<Message> {
-        list.iter()
-            .map(|(r, c)| Message {
-                role: r.to_string(),
-                content: c.to_string(),
-            })
-            .collect()
+        list.iter().map(|(r, c)| Message::new(*r, *c)).collect()
     }
 
     #[test]

@@ -35,17 +35,27 @@ pub fn split_records(records: &[Record], eval_percent: f64, seed: u64) -> (Vec<V
 
 /// Alpaca records (`instruction`, optional `input`, `output`) -> chat records: an optional system message, the
 /// user message (the instruction, then a blank line and the input when the input is not blank), the assistant
-/// message (the output). A record without a string `instruction` or `output` is an error naming it.
+/// message (the output). A record without a string `instruction` or `output` is an error naming it (and saying so
+/// when it is already a chat record, `messages` or ShareGPT `conversations`, which trains without conversion).
 pub fn alpaca_to_chat(records: &[Record], system: &str, dataset: &Path) -> Result<Vec<Value>> {
     records
         .iter()
         .map(|r| {
             let field = |k: &str| -> Result<&str> {
                 r.fields.get(k).and_then(Value::as_str).ok_or_else(|| {
+                    let chat = ["messages", "conversations"]
+                        .into_iter()
+                        .find(|c| r.fields.contains_key(*c));
+                    let todo = match chat {
+                        Some(c) => format!(
+                            "it is already a chat record (`{c}`): train on the file as it is, no conversion needed"
+                        ),
+                        None => "every record needs `instruction` and `output`".to_string(),
+                    };
                     Error::dataset(
                         dataset,
                         format!(
-                            "{} has no string `{k}` (keys: {}): every record needs `instruction` and `output`",
+                            "{} has no string `{k}` (keys: {}): {todo}",
                             r.location(),
                             r.keys()
                         ),
@@ -129,6 +139,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("record 1 has no string `output`"), "{e}");
+        let chat = parse_records(
+            "{\"conversations\":[{\"from\":\"human\",\"value\":\"Hi\"}]}\n",
+            Path::new("c.jsonl"),
+        )
+        .unwrap();
+        let e = alpaca_to_chat(&chat, "", Path::new("c.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already a chat record (`conversations`)"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Instruction and chat datasets -> training [`Sample`]s with label masks.
 //!
 //! The pipeline: [`read_records`] (a JSON array or true JSON Lines) -> per record a [`LabeledText`] (a format-file
-//! prompt with `train_only_after`, or a chat conversation rendered with the model's template and its assistant
-//! spans) -> [`encode_labeled`] (tokens, BOS/EOS, labels, the cutoff rule) -> [`EncodedDataset`] with a
-//! [`DatasetReport`] of what was cut or dropped. [`select`] holds the seeded eval split, hybrid sample and
-//! length grouping; [`dump_segments`] shows a sample as trained.
+//! prompt with `train_only_after`, or a chat conversation, `messages` or ShareGPT `conversations` read by
+//! [`messages_of`], rendered with the model's template and its assistant spans) -> [`encode_labeled`] (tokens,
+//! BOS/EOS, labels, the cutoff rule) -> [`EncodedDataset`] with a [`DatasetReport`] of what was cut or dropped.
+//! [`select`] holds the seeded eval split, hybrid sample and length grouping; [`dump_segments`] shows a sample as
+//! trained.
 
 mod chat;
 pub mod convert;
@@ -12,6 +13,7 @@ mod encode;
 mod format;
 mod records;
 pub mod select;
+mod sharegpt;
 
 use std::path::Path;
 
@@ -46,7 +48,7 @@ pub enum DatasetKind {
         /// Learn only what follows the first occurrence of this string ("" = learn everything).
         train_only_after: String,
     },
-    /// Chat data (`messages`) with a chat template.
+    /// Chat data (`messages`, or ShareGPT `conversations`) with a chat template.
     Chat {
         /// The template.
         template: ChatTemplate,
