@@ -37,6 +37,7 @@ struct Input {
 /// Fixed templates: arbitrary template text is only compiled, never rendered (a template can loop for ever).
 const FIELDS: [&str; 4] = ["instruction", "input", "output", "text"];
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
+const SHAREGPT_ROLES: [&str; 3] = ["system", "human", "gpt"];
 const FORMAT: &str = r#"{"instruction,output": "I: %instruction%\nO: %output%", "instruction,input,output": "I: %instruction% %input%\nO: %output%", "text": "%text%"}"#;
 
 const TEMPLATES: [&str; 3] = [
@@ -68,7 +69,14 @@ fuzz_target!(|inp: Input| {
             .records
             .iter()
             .map(|pairs| {
-                if chat {
+                if chat && inp.kind % 4 == 3 {
+                    // ShareGPT shape: `conversations` of `{from, value}` (roles as ShareGPT names them).
+                    let turns: Vec<serde_json::Value> = pairs
+                        .iter()
+                        .map(|(r, c)| serde_json::json!({"from": SHAREGPT_ROLES[usize::from(*r) % 3], "value": c}))
+                        .collect();
+                    serde_json::json!({ "conversations": turns })
+                } else if chat {
                     let msgs: Vec<serde_json::Value> = pairs
                         .iter()
                         .map(|(r, c)| serde_json::json!({"role": ROLES[usize::from(*r) % 3], "content": c}))

@@ -193,7 +193,7 @@ impl Policy {
         let periodic_rule = self
             .settings
             .save_every
-            .is_some_and(|n| event.step > 0 && event.step % n == 0)
+            .is_some_and(|n| event.step > 0 && event.step.is_multiple_of(n))
             && (self.state.gate_open || self.settings.save_every_below_loss.is_none());
 
         let save = if event.save_now {
@@ -378,7 +378,7 @@ mod tests {
         Event {
             step,
             epoch: step as f64 / 7.0,
-            epoch_ended: step % 7 == 0,
+            epoch_ended: step.is_multiple_of(7),
             loss,
             eval_loss: eval,
             save_now,

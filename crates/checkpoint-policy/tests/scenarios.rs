@@ -45,7 +45,7 @@ fn steps(losses: &[f64]) -> Vec<Event> {
         .map(|(i, &l)| {
             let step = i as u64 + 1;
             let e = Event::new(step, step as f64 / 4.0, l);
-            if step % 4 == 0 {
+            if step.is_multiple_of(4) {
                 e.with_epoch_end()
             } else {
                 e

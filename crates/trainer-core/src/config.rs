@@ -209,7 +209,10 @@ impl ModelConfig {
                 return Err(Error::model(path, format!("`{name}` is 0")));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(Error::model(
                 path,
                 format!(
@@ -218,7 +221,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::model(
                 path,
                 format!("head_dim {} is odd; RoPE needs an even size", self.head_dim),
