@@ -40,6 +40,19 @@ pub fn sample_text() -> PathBuf {
 
 /// The real test model: `TRAINER_TEST_MODEL`, else `models/` of the repo.
 /// Fails (never skips) when it is missing: `.ci/fetch-model.sh models` fetches it.
+/// The first ~3 KB of the sample text (whole lines), written to `dir/small.txt`: a few optimizer steps at
+/// cutoff 64.
+pub fn small_text(dir: &Path) -> PathBuf {
+    let full = fs::read_to_string(sample_text()).unwrap();
+    let mut end = 3000;
+    while !full.is_char_boundary(end) || !full[..end].ends_with('\n') {
+        end += 1;
+    }
+    let p = dir.join("small.txt");
+    fs::write(&p, &full[..end]).unwrap();
+    p
+}
+
 pub fn model() -> PathBuf {
     if let Some(p) = std::env::var_os("TRAINER_TEST_MODEL") {
         return PathBuf::from(p);

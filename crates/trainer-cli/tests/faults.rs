@@ -10,20 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    assert_clean_error, cli, model, run_ok, sample_text, snapshot, tempdir, LOCK_FILE,
+    assert_clean_error, cli, model, run_ok, small_text, snapshot, tempdir, LOCK_FILE,
 };
-
-/// The first lines of the sample (a few kilobytes, 7 steps with [`tiny`]).
-fn text(dir: &Path) -> PathBuf {
-    let full = fs::read_to_string(sample_text()).unwrap();
-    let mut end = 3000;
-    while !full.is_char_boundary(end) || !full[..end].ends_with('\n') {
-        end += 1;
-    }
-    let p = dir.join("small.txt");
-    fs::write(&p, &full[..end]).unwrap();
-    p
-}
 
 /// `train` with tiny settings, a checkpoint after every step; `changes`
 /// replace settings (`("--epochs", "0.3")`) or add flags.
@@ -134,7 +122,7 @@ fn all_finite(path: &Path) -> bool {
 #[test]
 fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let d = tempdir("diverge");
-    let text = text(&d);
+    let text = small_text(&d);
     let model = load_model();
     let diverge = |lr: &str, out: &Path| {
         tiny(
@@ -222,7 +210,7 @@ fn count(log: &Path, needle: &str) -> usize {
 #[test]
 fn kill_9_at_any_moment_loses_nothing_and_resume_finishes_exactly() {
     let d = tempdir("kill9");
-    let text = text(&d);
+    let text = small_text(&d);
     let straight = d.join("straight");
     run_ok(&mut tiny(
         &text,
@@ -304,7 +292,7 @@ fn a_full_disk_while_saving_keeps_the_earlier_checkpoints_and_adapter() {
     let d = tempdir("diskfull");
     let out = d.join("out");
     run_ok(&mut tiny(
-        &text(&d),
+        &small_text(&d),
         &out,
         &[("--epochs", "0.3"), ("--save-every", "2")],
     ));

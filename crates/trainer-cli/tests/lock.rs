@@ -5,12 +5,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    assert_clean_error, cli, run_ok, sample_text, snapshot, tempdir, tiny_train, LOCK_FILE,
+    assert_clean_error, cli, run_ok, sample_text, small_text, snapshot, tempdir, tiny_train,
+    LOCK_FILE,
 };
 
 /// Holds the lock of output folder `dir` from this process, as a running
@@ -71,18 +72,6 @@ impl Drop for Holder {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The first ~3 KB of the sample: a few optimizer steps at cutoff 64.
-fn small_text(dir: &Path) -> PathBuf {
-    let full = fs::read_to_string(sample_text()).unwrap();
-    let mut end = 3000;
-    while !full.is_char_boundary(end) || !full[..end].ends_with('\n') {
-        end += 1;
-    }
-    let p = dir.join("small.txt");
-    fs::write(&p, &full[..end]).unwrap();
-    p
 }
 
 #[test]

@@ -149,6 +149,43 @@ fn fused_kernels_give_the_composed_gradients() {
     }
 }
 
+/// Runs `steps` on both trainers and asserts the same losses and gradient norms at each step (tolerances
+/// `(loss, relative norm)`), then the same gradients on `batch` (1e-5) for all 2 × 7 × 2 LoRA tensors.
+fn assert_same_training(
+    a: &mut Trainer,
+    b: &mut Trainer,
+    steps: &[Vec<Vec<Sample>>],
+    batch: &[Sample],
+    (loss_tol, norm_tol): (f64, f64),
+    what: &str,
+) {
+    let cancel = AtomicBool::new(false);
+    for step in steps {
+        let (sa, sb) = (
+            a.step(step, 5e-2, &cancel).unwrap(),
+            b.step(step, 5e-2, &cancel).unwrap(),
+        );
+        assert!(
+            (sa.loss - sb.loss).abs() < loss_tol,
+            "{what}: loss {} vs {}",
+            sa.loss,
+            sb.loss
+        );
+        assert!(
+            (sa.grad_norm - sb.grad_norm).abs() < norm_tol * sa.grad_norm.max(1.0),
+            "{what}: gradient norm {} vs {}",
+            sa.grad_norm,
+            sb.grad_norm
+        );
+    }
+    let (ga, gb) = (a.gradients(batch).unwrap(), b.gradients(batch).unwrap());
+    assert_eq!(ga.len(), 2 * 7 * 2);
+    for (key, x) in &ga {
+        let d = max_abs_diff(x, &gb[key]);
+        assert!(d < 1e-5, "{what}: {key}: gradients differ by {d}");
+    }
+}
+
 /// The CPU engine (hand-written forward and backward) against candle's autograd over the same fused ops, on a
 /// model with q/k/v biases and grouped kv heads, with LoRA dropout, NEFTune, right padding and two micro-batches:
 /// same losses, gradient norms and gradients, and the same RNG draws (the third step would differ otherwise).
@@ -182,30 +219,9 @@ fn engine_matches_candle_autograd_with_bias_dropout_neftune_and_padding() {
             vec![vec![sample()]],
             vec![vec![Sample::causal(vec![80, 81, 82, 83, 84, 85]), sample()]],
         ];
-        let cancel = AtomicBool::new(false);
-        for step in &steps {
-            let (sa, sb) = (
-                a.step(step, 5e-2, &cancel).unwrap(),
-                b.step(step, 5e-2, &cancel).unwrap(),
-            );
-            assert!(
-                (sa.loss - sb.loss).abs() < 1e-5,
-                "loss {} vs {} (checkpointing {checkpointing})",
-                sa.loss,
-                sb.loss
-            );
-            assert!((sa.grad_norm - sb.grad_norm).abs() < 1e-4 * sa.grad_norm.max(1.0));
-        }
         let batch = [sample(), long, Sample::causal(vec![65, 66, 67])];
-        let (ga, gb) = (a.gradients(&batch).unwrap(), b.gradients(&batch).unwrap());
-        assert_eq!(ga.len(), 2 * 7 * 2);
-        for (key, x) in &ga {
-            let d = max_abs_diff(x, &gb[key]);
-            assert!(
-                d < 1e-5,
-                "{key}: engine and autograd gradients differ by {d}"
-            );
-        }
+        let what = format!("engine vs autograd, checkpointing {checkpointing}");
+        assert_same_training(&mut a, &mut b, &steps, &batch, (1e-5, 1e-4), &what);
     }
 }
 
@@ -235,28 +251,8 @@ fn gradient_checkpointing_gives_the_same_steps_with_dropout_and_neftune() {
         vec![vec![Sample::causal(vec![80, 81, 82, 83, 84, 85])]],
         vec![vec![sample()]],
     ];
-    let cancel = AtomicBool::new(false);
-    for step in &steps {
-        let (sa, sb) = (
-            a.step(step, 5e-2, &cancel).unwrap(),
-            b.step(step, 5e-2, &cancel).unwrap(),
-        );
-        assert!(
-            (sa.loss - sb.loss).abs() < 1e-6,
-            "loss {} vs {}",
-            sa.loss,
-            sb.loss
-        );
-        assert!((sa.grad_norm - sb.grad_norm).abs() < 1e-5 * sa.grad_norm.max(1.0));
-    }
-    let (ga, gb) = (
-        a.gradients(&[sample()]).unwrap(),
-        b.gradients(&[sample()]).unwrap(),
-    );
-    for (key, x) in &ga {
-        let d = max_abs_diff(x, &gb[key]);
-        assert!(d < 1e-5, "{key}: checkpointed gradients differ by {d}");
-    }
+    let what = "checkpointed vs plain";
+    assert_same_training(&mut a, &mut b, &steps, &[sample()], (1e-6, 1e-5), what);
 }
 
 #[test]
