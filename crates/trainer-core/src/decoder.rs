@@ -6,6 +6,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::config::ModelConfig;
+use crate::dropout::Dropout;
 use crate::lora::{LoraPair, LoraWeights};
 use crate::rng::Rng;
 use crate::{fused, fused_attention, ops};
@@ -43,29 +44,15 @@ pub(crate) struct Noise<'a> {
 impl Noise<'_> {
     /// A dropout mask for a tensor of shape `shape` (kept entries scaled by `1/(1-p)`), or `None` when p = 0.
     fn dropout_mask(&mut self, x: &Tensor) -> Result<Option<Tensor>> {
-        self.dropout_values(x.elem_count())
-            .map(|mask| Tensor::from_vec(mask, x.shape(), x.device()))
+        self.dropout()
+            .map(|d| Tensor::from_vec(d.values(x.elem_count()), x.shape(), x.device()))
             .transpose()
     }
 
-    /// The values of [`Self::dropout_mask`] for `n` elements (the same draws from the RNG).
-    pub(crate) fn dropout_values(&mut self, n: usize) -> Option<Vec<f32>> {
+    /// The next LoRA dropout mask (one key drawn from the RNG), or `None` when p = 0.
+    pub(crate) fn dropout(&mut self) -> Option<Dropout> {
         let p = self.lora_dropout;
-        if p <= 0.0 {
-            return None;
-        }
-        let keep = (1.0 / (1.0 - p)) as f32;
-        Some(
-            (0..n)
-                .map(|_| {
-                    if f64::from(self.rng.next_f32()) < p {
-                        0.0
-                    } else {
-                        keep
-                    }
-                })
-                .collect(),
-        )
+        (p > 0.0).then(|| Dropout::new(self.rng.next_u64(), p))
     }
 }
 

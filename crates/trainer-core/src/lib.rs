@@ -60,6 +60,7 @@ mod adapter;
 mod config;
 pub mod dataset;
 mod decoder;
+mod dropout;
 mod engine;
 mod error;
 mod evaluate;

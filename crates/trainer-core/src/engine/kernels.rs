@@ -153,13 +153,6 @@ pub(crate) fn add_assign(y: &mut [f32], x: &[f32]) {
         .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
 }
 
-/// `y *= m` element-wise (a dropout mask).
-pub(crate) fn mul_assign(y: &mut [f32], m: &[f32]) {
-    y.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(m.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(y, m)| y.iter_mut().zip(m).for_each(|(y, m)| *y *= m));
-}
-
 /// Adds a bias (one value per column) to every row of `y`.
 pub(crate) fn add_bias(y: &mut [f32], bias: &[f32]) {
     y.par_chunks_mut(bias.len() * ROWS_PER_TASK)

@@ -6,6 +6,7 @@ use super::attention::{attention, attention_backward};
 use super::gemm::{matmul, Mode, Threads, View};
 use super::kernels;
 use crate::decoder::Noise;
+use crate::dropout::Dropout;
 
 /// Sizes of one micro-batch through the model.
 pub(crate) struct Dims {
@@ -58,11 +59,12 @@ pub(crate) struct LayerWeights<'a> {
     pub lora: &'a [Option<Lora<'a>>; 7],
 }
 
-/// What a LoRA pair's backward needs: `u = (x ∘ mask) Aᵀ` and the dropout mask.
+/// What a LoRA pair's backward needs: `u = (x ∘ mask) Aᵀ` and the dropout mask (its key: the mask is
+/// regenerated, never stored).
 #[derive(Default)]
 struct LoraSaved {
     u: Vec<f32>,
-    mask: Option<Vec<f32>>,
+    dropout: Option<Dropout>,
 }
 
 /// The activations of one layer kept for its backward.
@@ -112,11 +114,11 @@ fn project(
     )?;
     let saved = match &w.lora[m] {
         Some(l) => {
-            let mask = noise.dropout_values(x.len());
+            let dropout = noise.dropout();
             let dropped;
-            let xm = match &mask {
-                Some(mk) => {
-                    dropped = x.iter().zip(mk).map(|(x, m)| x * m).collect::<Vec<f32>>();
+            let xm = match &dropout {
+                Some(d) => {
+                    dropped = d.apply(x);
                     &dropped
                 }
                 None => x,
@@ -145,7 +147,7 @@ fn project(
                 l.scale,
                 Threads::Par,
             )?;
-            Some(LoraSaved { u, mask })
+            Some(LoraSaved { u, dropout })
         }
         None => None,
     };
@@ -214,9 +216,9 @@ fn project_backward(
         Threads::Par,
     )?;
     let dropped;
-    let xm = match &s.mask {
-        Some(mk) => {
-            dropped = x.iter().zip(mk).map(|(x, m)| x * m).collect::<Vec<f32>>();
+    let xm = match &s.dropout {
+        Some(d) => {
+            dropped = d.apply(x);
             &dropped
         }
         None => x,
@@ -235,8 +237,8 @@ fn project_backward(
         1.0,
         Threads::Par,
     )?;
-    match &s.mask {
-        Some(mk) => {
+    match &s.dropout {
+        Some(d) => {
             let mut dx = vec![0f32; n * inp];
             matmul(
                 &mut dx,
@@ -249,7 +251,7 @@ fn project_backward(
                 1.0,
                 Threads::Par,
             )?;
-            kernels::mul_assign(&mut dx, mk);
+            d.apply_in_place(&mut dx);
             kernels::add_assign(d_in, &dx);
         }
         None => {
