@@ -2,8 +2,9 @@
 //! set, batch 4 x 256 tokens of KJV text, f32.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [autograd|composed] [ckpt]
+//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [autograd|composed] [ckpt] [dropout=P]
 //! ```
+//! LoRA dropout is 0 unless `dropout=P` is given (the comparison with PyTorch uses 0).
 //! Kernels: the CPU engine by default; `autograd` = candle's autograd over the fused ops (the path before the
 //! engine); `composed` = candle's autograd over ops composed from candle primitives.
 //! The model path comes from `TRAINER_TEST_MODEL` (default `models/SmolLM2-135M-Instruct.Q4_1.gguf`). Run one
@@ -47,6 +48,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.get(1).map_or(Ok(3), |s| s.parse())?;
     let composed = args.iter().any(|s| s == "composed");
     let autograd = args.iter().any(|s| s == "autograd");
+    let dropout: f64 = args
+        .iter()
+        .find_map(|s| s.strip_prefix("dropout="))
+        .map_or(Ok(0.0), str::parse)?;
     let checkpointing = args.iter().any(|s| s == "ckpt");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let path = std::env::var_os("TRAINER_TEST_MODEL").map_or_else(
@@ -74,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = LoraSettings {
         r: 8,
         alpha: 16.0,
-        dropout: 0.0,
+        dropout,
         target_modules: modules,
         ..LoraSettings::default()
     };
@@ -110,7 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let median = times[times.len() / 2];
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!(
-        "targets={targets} kernels={} checkpointing={checkpointing} threads={threads} batch={batch}x{seq} r=8 \
+        "targets={targets} kernels={} checkpointing={checkpointing} dropout={dropout} threads={threads} batch={batch}x{seq} r=8 \
          trainable={} load={load_s:.2}s rss_after_load={rss_after_load:.0}MB",
         if composed {
             "composed"
