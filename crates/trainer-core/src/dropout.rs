@@ -13,7 +13,9 @@ const CHUNK: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dropout {
     key: u64,
-    p: f64,
+    /// Element `i` is dropped when the top 24 bits of its hash are below this (`ceil(p · 2²⁴)`: the same as
+    /// comparing the hash as a uniform in `[0, 1)` with `p`).
+    threshold: u64,
     keep: f32,
 }
 
@@ -22,12 +24,13 @@ impl Dropout {
     pub(crate) fn new(key: u64, p: f64) -> Self {
         Self {
             key,
-            p,
+            threshold: (p * (1u64 << 24) as f64).ceil() as u64,
             keep: (1.0 / (1.0 - p)) as f32,
         }
     }
 
     /// The factor of element `i`: 0 (dropped) or `1 / (1 - p)`.
+    #[inline(always)]
     fn factor(&self, i: usize) -> f32 {
         let mut z = self.key.wrapping_add(
             (i as u64)
@@ -37,8 +40,7 @@ impl Dropout {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        let u = (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
-        if f64::from(u) < self.p {
+        if (z >> 40) < self.threshold {
             0.0
         } else {
             self.keep
