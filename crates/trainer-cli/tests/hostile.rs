@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use crate::common::{assert_clean_error, cli, model, repo, run_ok, sample_text, tempdir};
 
@@ -28,19 +28,23 @@ pub fn dry_run(text: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-/// `chunk` on `text` into `out`.
-fn chunk(text: &Path, out: &Path, extra: &[&str]) -> Output {
-    cli()
-        .arg("chunk")
+/// The `chunk` command on `text` into `out`.
+fn chunk_cmd(text: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = cli();
+    c.arg("chunk")
         .arg("--text")
         .arg(text)
         .arg("--tokenizer")
         .arg(tokenizer())
         .arg("--out")
         .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(extra);
+    c
+}
+
+/// `chunk` on `text` into `out`.
+fn chunk(text: &Path, out: &Path, extra: &[&str]) -> Output {
+    chunk_cmd(text, out, extra).output().unwrap()
 }
 
 /// The blocks `chunk` wrote.
@@ -71,16 +75,7 @@ fn empty_whitespace_and_hard_cut_only_text() {
         assert_clean_error(&dry_run(&f, &[]), &format!("{name} holds no text"));
         // Slicing it is not an error: no blocks, reported.
         let out = d.join(format!("{name}.jsonl"));
-        let res = run_ok(
-            cli()
-                .arg("chunk")
-                .arg("--text")
-                .arg(&f)
-                .arg("--tokenizer")
-                .arg(tokenizer())
-                .arg("--out")
-                .arg(&out),
-        );
+        let res = run_ok(&mut chunk_cmd(&f, &out, &[]));
         assert!(String::from_utf8_lossy(&res.stderr).contains("blocks:         0"));
         assert!(blocks(&out).is_empty());
     }
@@ -126,18 +121,11 @@ fn a_long_line_without_punctuation_is_split_within_the_cutoff() {
     let f = d.join("line.txt");
     fs::write(&f, text.trim_end()).unwrap();
     let out = d.join("o.jsonl");
-    let res = run_ok(&mut {
-        let mut c = cli();
-        c.arg("chunk")
-            .arg("--text")
-            .arg(&f)
-            .arg("--tokenizer")
-            .arg(tokenizer())
-            .arg("--out")
-            .arg(&out)
-            .args(["--cutoff", "256", "--overlap", "false"]);
-        c
-    });
+    let res = run_ok(&mut chunk_cmd(
+        &f,
+        &out,
+        &["--cutoff", "256", "--overlap", "false"],
+    ));
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("pieces split:   1"), "{stderr}");
     let b = blocks(&out);
@@ -155,17 +143,7 @@ fn crlf_and_bom_and_disabled_hard_cuts() {
     )
     .unwrap();
     let out = d.join("o.jsonl");
-    run_ok(&mut {
-        let mut c = cli();
-        c.arg("chunk")
-            .arg("--text")
-            .arg(&f)
-            .arg("--tokenizer")
-            .arg(tokenizer())
-            .arg("--out")
-            .arg(&out);
-        c
-    });
+    run_ok(&mut chunk_cmd(&f, &out, &[]));
     let b = blocks(&out);
     let texts: Vec<&str> = b.iter().map(|v| v["text"].as_str().unwrap()).collect();
     assert_eq!(

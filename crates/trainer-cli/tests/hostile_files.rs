@@ -87,6 +87,18 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `train --output run --resume checkpoint`.
+fn resume_from(run: &Path, checkpoint: &Path) -> Output {
+    cli()
+        .arg("train")
+        .arg("--output")
+        .arg(run)
+        .arg("--resume")
+        .arg(checkpoint)
+        .output()
+        .unwrap()
+}
+
 fn eval_with(adapter: &Path) -> Output {
     cli()
         .arg("eval")
@@ -123,15 +135,7 @@ fn truncated_or_foreign_adapters_are_refused() {
         fs::write(a.join("adapter_model.safetensors"), &weights[..len]).unwrap();
         assert_clean_error(&eval_with(&a), "adapter_model.safetensors");
         // The same checkpoint is refused on resume, naming the file.
-        let res = cli()
-            .arg("train")
-            .arg("--output")
-            .arg(run)
-            .arg("--resume")
-            .arg(&a)
-            .output()
-            .unwrap();
-        assert_clean_error(&res, "adapter_model.safetensors");
+        assert_clean_error(&resume_from(run, &a), "adapter_model.safetensors");
     }
 
     // Another model's adapter: same keys, shapes of a smaller model.
@@ -156,15 +160,7 @@ fn truncated_or_foreign_adapters_are_refused() {
         .collect();
     candle_core::safetensors::save(&shrunk, other.join("adapter_model.safetensors")).unwrap();
     assert_clean_error(&eval_with(&other), "expected");
-    let res = cli()
-        .arg("train")
-        .arg("--output")
-        .arg(run)
-        .arg("--resume")
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert_clean_error(&res, "expected");
+    assert_clean_error(&resume_from(run, &other), "expected");
 
     // An adapter_config.json that is not JSON, or targets another architecture's modules.
     let bad = d.join("bad-config");

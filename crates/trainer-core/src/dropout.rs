@@ -4,6 +4,8 @@
 //! `(key, i)` falls below `p`. Masks are therefore the same whatever the thread count, can be built in parallel
 //! and never need storing: backward (and gradient checkpointing's recomputation) regenerates them from the key.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -61,17 +63,32 @@ impl Dropout {
     /// `x ⊙ mask`.
     pub(crate) fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = x.to_vec();
-        self.apply_in_place(&mut out);
-        out
-    }
-
-    /// `y ⊙= mask`.
-    pub(crate) fn apply_in_place(&self, y: &mut [f32]) {
-        y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
             for (j, v) in o.iter_mut().enumerate() {
                 *v *= self.factor(c * CHUNK + j);
             }
         });
+        out
+    }
+
+    /// `x ⊙ mask` when there is a mask, else `x` itself (no copy).
+    pub(crate) fn masked<'a>(mask: Option<&Self>, x: &'a [f32]) -> Cow<'a, [f32]> {
+        match mask {
+            Some(d) => Cow::Owned(d.apply(x)),
+            None => Cow::Borrowed(x),
+        }
+    }
+
+    /// `y += x ⊙ mask` in one pass.
+    pub(crate) fn add_masked(&self, y: &mut [f32], x: &[f32]) {
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (y, x))| {
+                for (j, (y, x)) in y.iter_mut().zip(x).enumerate() {
+                    *y += x * self.factor(c * CHUNK + j);
+                }
+            });
     }
 }
 
@@ -95,6 +112,9 @@ mod tests {
             let x: Vec<f32> = (0..n).map(|i| i as f32 - 7.0).collect();
             let applied = m.apply(&x);
             prop_assert!(applied.iter().zip(&x).zip(&v).all(|((a, x), m)| *a == x * m));
+            let mut y = vec![1f32; n];
+            m.add_masked(&mut y, &x);
+            prop_assert!(y.iter().zip(&applied).all(|(y, a)| *y == 1.0 + a));
         }
 
         #[test]

@@ -115,14 +115,7 @@ fn project(
     let saved = match &w.lora[m] {
         Some(l) => {
             let dropout = noise.dropout();
-            let dropped;
-            let xm = match &dropout {
-                Some(d) => {
-                    dropped = d.apply(x);
-                    &dropped
-                }
-                None => x,
-            };
+            let xm = Dropout::masked(dropout.as_ref(), x);
             let r = l.rank;
             let mut u = vec![0f32; n * r];
             matmul(
@@ -130,7 +123,7 @@ fn project(
                 0,
                 r,
                 (n, r, inp),
-                View::rows(xm, 0, inp),
+                View::rows(&xm, 0, inp),
                 View::rows(l.a, 0, inp).t(),
                 Mode::Set,
                 1.0,
@@ -215,14 +208,7 @@ fn project_backward(
         l.scale,
         Threads::Par,
     )?;
-    let dropped;
-    let xm = match &s.dropout {
-        Some(d) => {
-            dropped = d.apply(x);
-            &dropped
-        }
-        None => x,
-    };
+    let xm = Dropout::masked(s.dropout.as_ref(), x);
     let ga = grads
         .get_mut(l.grad_a)
         .ok_or_else(|| candle_core::Error::Msg("engine: missing gradient buffer (a bug)".into()))?;
@@ -232,7 +218,7 @@ fn project_backward(
         inp,
         (r, inp, n),
         View::rows(&du, 0, r).t(),
-        View::rows(xm, 0, inp),
+        View::rows(&xm, 0, inp),
         Mode::Add,
         1.0,
         Threads::Par,
@@ -251,8 +237,7 @@ fn project_backward(
                 1.0,
                 Threads::Par,
             )?;
-            d.apply_in_place(&mut dx);
-            kernels::add_assign(d_in, &dx);
+            d.add_masked(d_in, &dx);
         }
         None => {
             matmul(

@@ -83,7 +83,8 @@ fn borrow(t: &Tensor) -> Result<Borrowed<'_>> {
     })
 }
 
-/// Whether the engine can train this model and adapter: CPU, contiguous f32 weights, only LoRA pairs trained.
+/// Whether the engine can train this model and adapter: CPU, contiguous f32 weights, only LoRA pairs trained
+/// (whether it should, the caller decides: `Model::engine_enabled`).
 pub(crate) fn supports(d: &Decoder, lw: &LoraWeights) -> bool {
     let w = d.w;
     let mut tensors: Vec<&Tensor> = vec![&w.embed, &w.norm, d.head(Some(lw))];
@@ -92,8 +93,7 @@ pub(crate) fn supports(d: &Decoder, lw: &LoraWeights) -> bool {
         tensors.extend(l.linears.iter());
         tensors.extend(l.qkv_bias.iter().flatten());
     }
-    d.fused
-        && lw.lm_head.is_none()
+    lw.lm_head.is_none()
         && lw.embed_tokens.is_none()
         && tensors
             .iter()
