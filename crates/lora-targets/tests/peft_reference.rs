@@ -7,7 +7,7 @@ use lora_targets::{
 
 fn reference(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/peft-reference-qv")
+        .join("../../testdata/peft-reference-qv")
         .join(file)
 }
 
@@ -89,7 +89,7 @@ fn written_config_has_what_peft_needs_and_matches_the_reference() {
 
 #[test]
 fn the_minimal_hand_written_config_loads() {
-    // The minimal config verified to load with PeftModel.from_pretrained (candle-notes §11).
+    // The minimal config verified to load with PeftModel.from_pretrained.
     let cfg = AdapterConfig::from_json(
         r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj","v_proj"],
             "task_type":"CAUSAL_LM","use_rslora":true}"#,

@@ -100,7 +100,7 @@ fn chat_dataset_uses_the_model_template_or_the_given_one() {
     let d = tempdir("ds-chat");
     for (i, template) in [
         None,
-        Some(repo().join("../shared/data/smollm2-chat_template.jinja")),
+        Some(repo().join("testdata/smollm2-chat_template.jinja")),
     ]
     .into_iter()
     .enumerate()

@@ -10,7 +10,7 @@ use trainer_core::dataset::{
 };
 use trainer_core::{SpecialTokens, IGNORE_INDEX};
 
-use crate::common::shared;
+use crate::common::testdata;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,7 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn tokenizer() -> Tokenizer {
-    Tokenizer::from_file(shared("data/smollm2-tokenizer.json")).unwrap()
+    Tokenizer::from_file(testdata("smollm2-tokenizer.json")).unwrap()
 }
 
 /// SmolLM2: `<|im_start|>` (1) is BOS, `<|im_end|>` (2) is EOS.
@@ -167,7 +167,7 @@ fn long_samples_truncate_keeping_the_start_or_are_eliminated() {
 }
 
 fn smollm_template() -> ChatTemplate {
-    let path = shared("data/smollm2-chat_template.jinja");
+    let path = testdata("smollm2-chat_template.jinja");
     let src = std::fs::read_to_string(&path).unwrap();
     ChatTemplate::new(&src, &path, "<|im_start|>", "<|im_end|>").unwrap()
 }
