@@ -8,4 +8,5 @@ mod hostile;
 mod hostile_files;
 mod lock;
 mod real_model;
+mod self_contained;
 mod tools;
