@@ -171,6 +171,7 @@ fuzz_target!(|inp: Input| {
                 sample,
                 truncated,
                 tokens,
+                ..
             } => {
                 let n = sample.input_ids.len();
                 assert!(n >= 2 && n <= opts.cutoff && n == sample.labels.len());

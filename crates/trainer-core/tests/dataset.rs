@@ -443,3 +443,45 @@ fn bad_sharegpt_records_name_the_file_record_line_and_turn() {
         );
     }
 }
+
+#[test]
+fn a_marker_ending_in_a_space_leaves_the_first_word_of_the_answer_learned() {
+    let tok = tokenizer();
+    let path = Path::new("qa.jsonl");
+    let records = parse_records(
+        r#"{"instruction": "Capital of France?", "output": "Paris"}"#,
+        path,
+    )
+    .unwrap();
+    let kind = DatasetKind::Format {
+        format: Format::parse(
+            r####"{"instruction,output": "### Q: %instruction%\n### A: %output%"}"####,
+            Path::new("qa-format.json"),
+        )
+        .unwrap(),
+        train_only_after: "### A: ".into(),
+    };
+    let d = encode_dataset(&records, path, &kind, &opts(256), &tok, SPECIAL).unwrap();
+    let segs = trainer_core::dataset::dump_segments(&tok, &d.samples[0]).unwrap();
+    let shown: Vec<(bool, &str)> = segs.iter().map(|s| (s.learned, s.text.as_str())).collect();
+    assert_eq!(
+        shown,
+        [
+            (false, "<|im_start|>### Q: Capital of France?\n### A:"),
+            (true, " Paris<|im_end|>")
+        ]
+    );
+    // The marker's last character (the space) is learned with ` Paris`: the summary counts it.
+    assert_eq!((d.report.learned, d.report.starts_mid_token), (2, 1));
+    // A marker that ends where the tokenizer splits does not.
+    let kind = DatasetKind::Format {
+        format: Format::parse(
+            r####"{"instruction,output": "### Q: %instruction%\n### A: %output%"}"####,
+            Path::new("qa-format.json"),
+        )
+        .unwrap(),
+        train_only_after: "### A:".into(),
+    };
+    let d = encode_dataset(&records, path, &kind, &opts(256), &tok, SPECIAL).unwrap();
+    assert_eq!((d.report.learned, d.report.starts_mid_token), (2, 0));
+}

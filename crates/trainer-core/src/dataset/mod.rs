@@ -11,6 +11,8 @@ mod chat;
 pub mod convert;
 mod encode;
 mod format;
+#[cfg(test)]
+mod label_rule_tests;
 mod records;
 pub mod select;
 mod sharegpt;
@@ -20,7 +22,9 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 pub use chat::{messages_of, ChatTemplate, Message};
-pub use encode::{encode_labeled, EncodeOptions, Encoded, LabeledText, LongSamples};
+pub use encode::{
+    encode_labeled, EncodeOptions, Encoded, LabeledText, LongSamples, LABEL_MASK_RULE,
+};
 pub use format::Format;
 pub use records::{parse_records, read_records, Record};
 
@@ -72,6 +76,10 @@ pub struct DatasetReport {
     pub nothing_to_learn: usize,
     /// Format records without the `train_only_after` string (learned whole).
     pub marker_missing: usize,
+    /// Kept samples whose learned text starts inside a token (the `train_only_after` marker, or the template text
+    /// before a reply, ends mid-token): that token is learned, so the learned text starts with the marker's last
+    /// characters.
+    pub starts_mid_token: usize,
     /// Longest sample before any cut, in tokens.
     pub longest: usize,
     /// Tokens in the kept samples.
@@ -184,9 +192,11 @@ pub fn encode_dataset(
                 sample,
                 truncated,
                 tokens,
+                starts_mid_token,
             } => {
                 r.longest = r.longest.max(tokens);
                 r.kept += 1;
+                r.starts_mid_token += usize::from(starts_mid_token);
                 r.truncated += usize::from(truncated);
                 r.tokens += sample.input_ids.len();
                 r.learned += sample
