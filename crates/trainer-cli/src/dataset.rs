@@ -259,6 +259,15 @@ pub fn report_text(r: &DatasetReport, cutoff: usize) -> String {
             r.marker_missing
         );
     }
+    if r.starts_mid_token > 0 {
+        let _ = write!(
+            out,
+            "\nnote:           {} samples: the learned text starts inside a token (the train_only_after marker \
+             ends mid-token); that token is learned whole, so the learned text starts with the marker's last \
+             characters (end the marker where the tokenizer splits, e.g. before a space that starts a word)",
+            r.starts_mid_token
+        );
+    }
     out
 }
 

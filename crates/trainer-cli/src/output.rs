@@ -113,10 +113,19 @@ pub struct RunState {
     pub loss: Option<f64>,
     /// Fingerprint of the training data (blocks as token ids): resuming on other data is refused.
     pub data_fingerprint: u64,
+    /// The label-mask rule the fingerprint's labels were built with (`trainer_core::dataset::LABEL_MASK_RULE`);
+    /// checkpoints written before it was recorded used rule 1.
+    #[serde(default = "first_label_mask_rule")]
+    pub label_mask_rule: u32,
     /// The checkpoint policy, with its memory of earlier saves and thresholds.
     pub policy: Policy,
     /// The settings the run was trained with.
     pub settings: Settings,
+}
+
+/// The label-mask rule of checkpoints that do not record one.
+fn first_label_mask_rule() -> u32 {
+    1
 }
 
 impl RunState {

@@ -13,6 +13,7 @@ use checkpoint_policy::{Action, Event, Improvement, LossSave, Policy, StopReason
 use lora_targets::LoraSettings;
 use plot_report::{read_log, render, GraphOptions, LogRecord};
 use schedulers::StepPlan;
+use trainer_core::dataset::LABEL_MASK_RULE;
 use trainer_core::{evaluate, AdamWParams, TrainConfig, Trainer};
 
 use crate::control::{parse_change, Change, ControlCommand, ControlReader};
@@ -164,6 +165,7 @@ impl Run<'_> {
             step: trainer.steps_done(),
             loss: loss.is_finite().then_some(loss),
             data_fingerprint: self.fingerprint,
+            label_mask_rule: LABEL_MASK_RULE,
             policy: policy.clone(),
             settings: self.settings.clone(),
         };
@@ -218,6 +220,17 @@ pub fn run(
     let (mut trainer, mut policy, mut loss) = match resume {
         Some(dir) => {
             let state = RunState::load(dir)?;
+            if state.data_fingerprint != fp && state.label_mask_rule < LABEL_MASK_RULE {
+                bail!(
+                    "{} was saved under an older label-mask rule (rule {}: a token was learned only when its first \
+                     character lay in the learned text, which masked the first word of answers after a marker ending \
+                     in a space; now, rule {LABEL_MASK_RULE}, a token is learned when any of its characters does), and \
+                     this data's labels differ from those it was trained on, so the run cannot continue exactly: start \
+                     a new run on this data (another --output, or --overwrite)",
+                    dir.display(),
+                    state.label_mask_rule
+                );
+            }
             if state.data_fingerprint != fp {
                 bail!(
                     "{} was trained on other data (or other slicing settings): resume with the same text and settings",
