@@ -74,6 +74,7 @@ mod loss;
 mod model;
 mod ops;
 mod optim;
+mod quant;
 mod rng;
 #[cfg(test)]
 mod test_util;
@@ -88,3 +89,7 @@ pub use model::Model;
 pub use optim::AdamWParams;
 pub use tokenizer::SpecialTokens;
 pub use train::{Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
+
+/// Not part of the API: hooks for the crate's benchmark examples.
+#[doc(hidden)]
+pub use quant::bench as __quant_bench;
