@@ -57,6 +57,7 @@
 //! ```
 
 mod adapter;
+mod atomic_file;
 mod config;
 pub mod dataset;
 mod decoder;
@@ -67,6 +68,7 @@ mod evaluate;
 mod fused;
 mod fused_attention;
 mod gguf;
+mod gguf_write;
 mod hf;
 mod io;
 mod lora;
@@ -76,6 +78,7 @@ mod ops;
 mod optim;
 mod quant;
 mod rng;
+pub mod synthetic;
 #[cfg(test)]
 mod test_util;
 mod tokenizer;

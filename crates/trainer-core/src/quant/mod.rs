@@ -38,8 +38,6 @@ pub(crate) enum QuantType {
     Q6K,
 }
 
-// Until the engine and the synthetic-model writer use every item.
-#[allow(dead_code)]
 impl QuantType {
     /// Every supported type, floats first.
     pub(crate) const ALL: [QuantType; 13] = [
@@ -209,7 +207,6 @@ pub(crate) fn dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) -> Result
     Ok(())
 }
 
-#[allow(dead_code)]
 /// Quantizes `values` (a multiple of `block_len`) and appends the blocks to `out` (candle's `from_float`, which
 /// follows llama.cpp's reference `quantize_row_*_ref`).
 pub(crate) fn quantize(ty: QuantType, values: &[f32], out: &mut Vec<u8>) -> Result<()> {
