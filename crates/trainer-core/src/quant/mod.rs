@@ -257,8 +257,11 @@ where
         H::cast(&bits).convert_to_f32_slice(o);
     }
     let (pairs, _) = tail.as_chunks::<2>();
-    let bits: Vec<u16> = pairs.iter().map(|p| u16::from_le_bytes(*p)).collect();
-    H::cast(&bits).convert_to_f32_slice(out_tail);
+    let mut bits = [0u16; HALF_CHUNK];
+    for (b, p) in bits.iter_mut().zip(pairs) {
+        *b = u16::from_le_bytes(*p);
+    }
+    H::cast(&bits[..out_tail.len()]).convert_to_f32_slice(out_tail);
 }
 
 /// The two 16-bit float types, reinterpreted from their bits.

@@ -14,13 +14,14 @@ use crate::quant::QuantType;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Shape {
     /// `llama-7b`: Llama-2-7B (hidden 4096, 32 heads, 32 kv heads, head 128, ffn 11008, vocab 32000, 32 layers,
-    /// untied head, RoPE theta 1e4).
+    /// untied head, RoPE theta 1e4, context 4096).
     Llama7b,
     /// `qwen2-7b`: Qwen2-7B (hidden 3584, 28 heads / 4 kv heads, head 128, ffn 18944, vocab 152064, 28 layers,
-    /// q/k/v bias, RoPE theta 1e6, untied head).
+    /// q/k/v bias, RoPE theta 1e6, RMSNorm eps 1e-6, untied head, context 32768).
     Qwen2_7b,
     /// `smollm2-135m`: SmolLM2-135M (hidden 576, 9 heads / 3 kv heads, head 64, ffn 1536, vocab 49152, 30 layers,
-    /// tied embeddings, RoPE theta 1e5). Rows of 576 values do not fill 256-value blocks: K-quants fall back.
+    /// tied embeddings, RoPE theta 1e5, context 8192). Rows of 576 values do not fill 256-value blocks: K-quants
+    /// fall back.
     Smollm2_135m,
     /// `tiny-llama`: hidden 256, 4 heads / 2 kv heads (head 64), ffn 512, vocab 512, 2 layers, untied head; every
     /// row a multiple of 256, so every type applies.
@@ -86,11 +87,15 @@ impl Shape {
             ),
             Shape::Qwen2_7b => ModelConfig {
                 rms_norm_eps: 1e-6,
+                max_position_embeddings: 32768,
                 ..base(
                     "qwen2", 152_064, 3584, 18944, 28, 28, 4, 128, 1e6, false, true,
                 )
             },
-            Shape::Smollm2_135m => base("llama", 49152, 576, 1536, 30, 9, 3, 64, 1e5, true, false),
+            Shape::Smollm2_135m => ModelConfig {
+                max_position_embeddings: 8192,
+                ..base("llama", 49152, 576, 1536, 30, 9, 3, 64, 1e5, true, false)
+            },
             Shape::TinyLlama => base("llama", 512, 256, 512, 2, 4, 2, 64, 1e4, false, false),
             Shape::TinyQwen2 => base("qwen2", 512, 256, 512, 2, 4, 2, 64, 1e6, true, true),
         }

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use super::tensors::{hf_index, storage_type, tensors, Init};
 use super::vocab::{metadata, vocab, BOS, EOS, PAD, SPECIALS};
 use super::{Shape, Spec, WeightType};
+use crate::dataset::{ChatTemplate, Message};
 use crate::quant::QuantType;
 
 #[test]
@@ -69,8 +70,21 @@ fn the_tokenizer_loads_and_round_trips_text() {
     for (i, s) in SPECIALS.iter().enumerate() {
         assert_eq!(tok.token_to_id(s), Some(i as u32));
     }
+    // The chat template is ChatML, and the project's chat-template renderer runs it.
     let template = template.unwrap();
-    assert!(template.contains("<|im_start|>") && template.contains("add_generation_prompt"));
+    let t = ChatTemplate::new(&template, Path::new("s.gguf"), SPECIALS[1], SPECIALS[2]).unwrap();
+    let messages = [
+        Message::new("user", "Hi!"),
+        Message::new("assistant", "Hello."),
+    ];
+    assert_eq!(
+        t.render(&messages, false).unwrap(),
+        "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
+    );
+    assert_eq!(
+        t.render(&messages[..1], true).unwrap(),
+        "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]

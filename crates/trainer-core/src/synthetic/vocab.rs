@@ -17,8 +17,9 @@ pub(super) const BOS: u32 = 1;
 pub(super) const EOS: u32 = 2;
 
 /// A ChatML template (as SmolLM2's and Qwen2's, without their default system prompt).
-pub(super) const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + \
-message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+pub(super) const CHAT_TEMPLATE: &str = "{% for message in messages %}\
+    {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}\
+    {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /// Letters in rough order of English frequency: the alphabet merges are built from.
 const LETTERS: &str = "etaoinshrdlcumwfgypbvkjxqz";
