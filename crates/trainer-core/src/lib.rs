@@ -57,6 +57,7 @@
 //! ```
 
 mod adapter;
+mod atomic_file;
 mod config;
 pub mod dataset;
 mod decoder;
@@ -67,6 +68,7 @@ mod evaluate;
 mod fused;
 mod fused_attention;
 mod gguf;
+mod gguf_write;
 mod hf;
 mod io;
 mod lora;
@@ -74,7 +76,9 @@ mod loss;
 mod model;
 mod ops;
 mod optim;
+mod quant;
 mod rng;
+pub mod synthetic;
 #[cfg(test)]
 mod test_util;
 mod tokenizer;
@@ -88,3 +92,7 @@ pub use model::Model;
 pub use optim::AdamWParams;
 pub use tokenizer::SpecialTokens;
 pub use train::{Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
+
+/// Not part of the API: hooks for the crate's benchmark examples.
+#[doc(hidden)]
+pub use quant::bench as __quant_bench;

@@ -12,3 +12,5 @@ mod training;
 mod gradcheck;
 // Instruction and chat datasets: format files, chat templates, label masks.
 mod dataset;
+// Synthetic models: every weight type loads, fallbacks, GGUF and HF outputs agree.
+mod synthetic;
