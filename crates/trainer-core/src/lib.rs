@@ -69,6 +69,7 @@ mod fused_attention;
 mod gguf;
 mod hf;
 mod io;
+pub mod job;
 mod lora;
 mod loss;
 mod model;
