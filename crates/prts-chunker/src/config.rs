@@ -35,7 +35,8 @@ pub enum EosPlacement {
 
 impl Mode {
     /// Every mode, with the name [`FromStr`](std::str::FromStr) and [`Display`](std::fmt::Display) use.
-    pub const ALL: [(Mode, &'static str); 2] = [(Mode::Precise, "precise"), (Mode::Dementor, "dementor")];
+    pub const ALL: [(Mode, &'static str); 2] =
+        [(Mode::Precise, "precise"), (Mode::Dementor, "dementor")];
 }
 
 impl EosPlacement {
@@ -49,10 +50,17 @@ impl EosPlacement {
 
 /// The name of `value` in `table`, or parses a name (case-insensitive, `_` read as `-`).
 fn named<T: Copy + PartialEq>(table: &[(T, &'static str)], value: T) -> &'static str {
-    table.iter().find(|(v, _)| *v == value).map_or("", |(_, n)| n)
+    table
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map_or("", |(_, n)| n)
 }
 
-fn parse_named<T: Copy>(table: &[(T, &'static str)], field: &'static str, s: &str) -> Result<T, ChunkError> {
+fn parse_named<T: Copy>(
+    table: &[(T, &'static str)],
+    field: &'static str,
+    s: &str,
+) -> Result<T, ChunkError> {
     let wanted = s.trim().replace('_', "-");
     table
         .iter()
@@ -287,9 +295,15 @@ mod tests {
             assert_eq!(e.to_string(), name);
             assert_eq!(name.parse::<EosPlacement>().unwrap(), e);
         }
-        assert_eq!("hard_cut".parse::<EosPlacement>().unwrap(), EosPlacement::HardCutOnly);
+        assert_eq!(
+            "hard_cut".parse::<EosPlacement>().unwrap(),
+            EosPlacement::HardCutOnly
+        );
         let err = "sometimes".parse::<EosPlacement>().unwrap_err().to_string();
-        assert!(err.contains("`eos`") && err.contains("every-block, hard-cut, none"), "{err}");
+        assert!(
+            err.contains("`eos`") && err.contains("every-block, hard-cut, none"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -206,7 +206,10 @@ mod tests {
             ..input(10, 2, 1, 0.0, Warmup::Ratio(0.25))
         })
         .unwrap();
-        assert_eq!((p.steps_per_epoch, p.total_steps, p.warmup_steps), (5, 12, 3));
+        assert_eq!(
+            (p.steps_per_epoch, p.total_steps, p.warmup_steps),
+            (5, 12, 3)
+        );
         assert_eq!(p.epoch_at(12), 2.4);
         assert_eq!(p.horizon().total_steps(), 12);
         let zero = StepPlan::new(PlanInput {

@@ -40,12 +40,16 @@ pub enum TrainOn {
 
 impl TrainOn {
     /// Both choices, with the name [`FromStr`](std::str::FromStr) and [`Display`](std::fmt::Display) use.
-    pub const ALL: [(TrainOn, &'static str); 2] = [(TrainOn::Responses, "responses"), (TrainOn::All, "all")];
+    pub const ALL: [(TrainOn, &'static str); 2] =
+        [(TrainOn::Responses, "responses"), (TrainOn::All, "all")];
 }
 
 impl std::fmt::Display for TrainOn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = TrainOn::ALL.iter().find(|(t, _)| t == self).map_or("", |(_, n)| n);
+        let name = TrainOn::ALL
+            .iter()
+            .find(|(t, _)| t == self)
+            .map_or("", |(_, n)| n);
         f.write_str(name)
     }
 }

@@ -44,7 +44,12 @@ pub enum Change {
 }
 
 /// The keys `set` accepts.
-pub const CHANGEABLE: [&str; 4] = ["stop_at_loss", "stop_at_epoch", "save_every", "save_under_loss"];
+pub const CHANGEABLE: [&str; 4] = [
+    "stop_at_loss",
+    "stop_at_epoch",
+    "save_every",
+    "save_under_loss",
+];
 
 impl Change {
     /// Parses `KEY=VALUE`; an error names the key ([`Error::Setting`]).
@@ -66,9 +71,9 @@ impl Change {
             }
         };
         let int = || -> Result<u64> {
-            value.parse().map_err(|_| {
-                Error::setting(key, format!("`{value}` is not a whole number >= 0"))
-            })
+            value
+                .parse()
+                .map_err(|_| Error::setting(key, format!("`{value}` is not a whole number >= 0")))
         };
         Ok(match key {
             "stop_at_loss" => Change::StopAtLoss(float()?),
@@ -141,7 +146,9 @@ impl ControlFile {
             Change::parse(assignment)?;
         }
         let path = dir.join(CONTROL_FILE);
-        let line = serde_json::to_string(command).map_err(|e| Error::input("command", e.to_string()))? + "\n";
+        let line = serde_json::to_string(command)
+            .map_err(|e| Error::input("command", e.to_string()))?
+            + "\n";
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,8 +188,14 @@ mod tests {
 
     #[test]
     fn set_parses_known_keys_and_names_the_key_it_refuses() {
-        assert_eq!(Change::parse("stop_at_loss=1.5").unwrap(), Change::StopAtLoss(1.5));
-        assert_eq!(Change::parse("stop_at_epoch = 3").unwrap(), Change::StopAtEpoch(3));
+        assert_eq!(
+            Change::parse("stop_at_loss=1.5").unwrap(),
+            Change::StopAtLoss(1.5)
+        );
+        assert_eq!(
+            Change::parse("stop_at_epoch = 3").unwrap(),
+            Change::StopAtEpoch(3)
+        );
         match Change::parse("rank=4").unwrap_err() {
             Error::Setting { field, message } => {
                 assert_eq!(field, "rank");

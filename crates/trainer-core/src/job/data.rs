@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::dataset::{
-    encode_dataset, read_records, select, ChatTemplate, DatasetKind, DatasetReport, EncodeOptions, Format,
-    LongSamples, Record, TrainOn,
+    encode_dataset, read_records, select, ChatTemplate, DatasetKind, DatasetReport, EncodeOptions,
+    Format, LongSamples, Record, TrainOn,
 };
 use crate::error::{Error, Result};
 use crate::job::order::data_fingerprint;
@@ -157,7 +157,11 @@ impl DataFiles {
             None => None,
         };
         let records = sources.dataset.as_deref().map(read_records).transpose()?;
-        let eval_records = sources.eval_dataset.as_deref().map(read_records).transpose()?;
+        let eval_records = sources
+            .eval_dataset
+            .as_deref()
+            .map(read_records)
+            .transpose()?;
         let format = sources.format.as_deref().map(Format::load).transpose()?;
         let template = match &sources.chat_template {
             Some(path) => Some((
@@ -333,8 +337,10 @@ impl TrainingData {
                         }
                     },
                 };
-                let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
-                let template = ChatTemplate::new(&src, &origin, &name(special.bos), &name(special.eos))?;
+                let name =
+                    |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+                let template =
+                    ChatTemplate::new(&src, &origin, &name(special.bos), &name(special.eos))?;
                 Some(DatasetKind::Chat {
                     template,
                     train_on: o.train_on,
@@ -382,8 +388,16 @@ impl TrainingData {
         let mut text_origins: Vec<Origin> = (0..text_samples.len()).map(Origin::Block).collect();
         if !ds_samples.is_empty() && !text_samples.is_empty() {
             let (nd, nt) = (ds_samples.len(), text_samples.len());
-            let kd = select::sample_indices(nd, select::keep_count(nd, o.hybrid_data_ratio), o.seed ^ 0x6879_6264);
-            let kt = select::sample_indices(nt, select::keep_count(nt, o.hybrid_text_ratio), o.seed ^ 0x6879_7474);
+            let kd = select::sample_indices(
+                nd,
+                select::keep_count(nd, o.hybrid_data_ratio),
+                o.seed ^ 0x6879_6264,
+            );
+            let kt = select::sample_indices(
+                nt,
+                select::keep_count(nt, o.hybrid_text_ratio),
+                o.seed ^ 0x6879_7474,
+            );
             data.hybrid = Some(Hybrid {
                 dataset_used: kd.len(),
                 dataset: nd,
@@ -448,7 +462,11 @@ fn pick(samples: &[Sample], origins: &[Origin], idx: &[usize]) -> (Vec<Sample>, 
 
 /// Encodes each block as `[BOS] + text + [EOS]` (as the block's flags say), checking that the length is what
 /// the slicer measured.
-pub fn encode_blocks(blocks: &[Block], tokenizer: &Tokenizer, special: SpecialTokens) -> Result<Vec<Vec<u32>>> {
+pub fn encode_blocks(
+    blocks: &[Block],
+    tokenizer: &Tokenizer,
+    special: SpecialTokens,
+) -> Result<Vec<Vec<u32>>> {
     let mut out = Vec::with_capacity(blocks.len());
     for (i, b) in blocks.iter().enumerate() {
         let enc = tokenizer
@@ -456,11 +474,15 @@ pub fn encode_blocks(blocks: &[Block], tokenizer: &Tokenizer, special: SpecialTo
             .map_err(|e| Error::Tokenizer(format!("cannot tokenize block {i}: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 2);
         if b.bos {
-            ids.push(special.bos.ok_or_else(|| Error::setting("bos", "the model has no BOS token: set bos to false"))?);
+            ids.push(special.bos.ok_or_else(|| {
+                Error::setting("bos", "the model has no BOS token: set bos to false")
+            })?);
         }
         ids.extend_from_slice(enc.get_ids());
         if b.eos {
-            ids.push(special.eos.ok_or_else(|| Error::setting("eos", "the model has no EOS token: set eos to none"))?);
+            ids.push(special.eos.ok_or_else(|| {
+                Error::setting("eos", "the model has no EOS token: set eos to none")
+            })?);
         }
         if ids.len() != b.tokens {
             return Err(Error::Tokenizer(format!(

@@ -88,7 +88,12 @@ mod tests {
             ..LogRecord::default()
         })
         .unwrap();
-        let steps: Vec<u64> = read_log(&path).unwrap().records.iter().map(|r| r.step).collect();
+        let steps: Vec<u64> = read_log(&path)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.step)
+            .collect();
         assert_eq!(steps, [1, 2]);
         // A log without a newline at all, and an empty one.
         for (text, left) in [("{\"step\":1", 0), ("", 0), ("\n", 1)] {

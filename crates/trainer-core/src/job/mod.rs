@@ -44,14 +44,18 @@ use checkpoint_policy::{Action, LossSave, Policy, StopReason};
 use lora_targets::LoraSettings;
 
 pub use control::{Change, ControlCommand, ControlFile, ControlSource, CHANGEABLE};
-pub use data::{encode_blocks, DataFiles, DataNote, DataOptions, DataSources, Hybrid, Origin, TrainingData};
-pub use observer::{ControlOutcome, End, Flow, Interrupter, Observer, Report, Saved, Silent, Start};
+pub use data::{
+    encode_blocks, DataFiles, DataNote, DataOptions, DataSources, Hybrid, Origin, TrainingData,
+};
+pub use observer::{
+    ControlOutcome, End, Flow, Interrupter, Observer, Report, Saved, Silent, Start,
+};
 pub use order::{data_fingerprint, epoch_order, step_batches};
 pub use plan::{EvalEvery, PlanSettings, TrainingPlan};
 pub use state::{ResumeSettings, ResumeSettingsRecord, RunState, RUN_STATE_FORMAT};
 pub use store::{
-    Checkpoint, CheckpointStore, DirStore, Recovered, CONTROL_FILE, GRAPH_FILE, LOG_FILE, PARAMETERS_FILE,
-    PREVIEW_FILE, RUN_STATE_FILE,
+    Checkpoint, CheckpointStore, DirStore, Recovered, CONTROL_FILE, GRAPH_FILE, LOG_FILE,
+    PARAMETERS_FILE, PREVIEW_FILE, RUN_STATE_FILE,
 };
 pub use summary::{report_text, slicing_summary};
 
@@ -217,7 +221,10 @@ impl<'m> JobBuilder<'m> {
                     ));
                 }
                 let conflicts = state.conflicts(&resume_settings).ok_or_else(|| {
-                    Error::resume(dir, format!("its {RUN_STATE_FILE} is damaged (a setting has the wrong type)"))
+                    Error::resume(
+                        dir,
+                        format!("its {RUN_STATE_FILE} is damaged (a setting has the wrong type)"),
+                    )
                 })?;
                 if !conflicts.is_empty() {
                     return Err(Error::resume(
@@ -230,8 +237,9 @@ impl<'m> JobBuilder<'m> {
                         ),
                     ));
                 }
-                let trainer = Trainer::load_state(dir, model)
-                    .map_err(|e| Error::resume(dir, format!("its trainer state does not load: {e}")))?;
+                let trainer = Trainer::load_state(dir, model).map_err(|e| {
+                    Error::resume(dir, format!("its trainer state does not load: {e}"))
+                })?;
                 same_lora(dir, trainer.settings(), &self.lora)?;
                 let mut policy = state.policy;
                 policy.update(self.policy.clone())?;
@@ -324,7 +332,11 @@ pub struct Job<'m> {
 
 impl<'m> Job<'m> {
     /// Starts a job on `model` and `data`, writing into `store`; the other pieces have defaults.
-    pub fn builder(model: &'m Model, data: TrainingData, store: impl CheckpointStore + 'm) -> JobBuilder<'m> {
+    pub fn builder(
+        model: &'m Model,
+        data: TrainingData,
+        store: impl CheckpointStore + 'm,
+    ) -> JobBuilder<'m> {
         JobBuilder {
             model,
             data,
@@ -389,7 +401,11 @@ impl<'m> Job<'m> {
     }
 
     /// Carries out the policy's actions; returns the stop reason among them and the checkpoint saved.
-    fn carry_out(&mut self, actions: Vec<Action>, step: u64) -> Result<(Option<StopReason>, Option<String>)> {
+    fn carry_out(
+        &mut self,
+        actions: Vec<Action>,
+        step: u64,
+    ) -> Result<(Option<StopReason>, Option<String>)> {
         let (mut stop, mut saved) = (None, None);
         for action in actions {
             match action {

@@ -55,7 +55,10 @@ impl TrainingPlan {
         if !(settings.learning_rate.is_finite() && settings.learning_rate > 0.0) {
             return Err(Error::setting(
                 "learning_rate",
-                format!("{} is not a learning rate > 0 (e.g. 3e-4)", settings.learning_rate),
+                format!(
+                    "{} is not a learning rate > 0 (e.g. 3e-4)",
+                    settings.learning_rate
+                ),
             ));
         }
         let steps = StepPlan::new(PlanInput {
@@ -83,8 +86,15 @@ impl TrainingPlan {
     pub fn text(&self) -> String {
         let p = &self.steps;
         let length = match self.settings.max_steps {
-            Some(n) => format!("max_steps {n}: {:.2} epochs of {} steps", p.epoch_at(n), p.steps_per_epoch),
-            None => format!("{} per epoch x {} epochs", p.steps_per_epoch, self.settings.epochs),
+            Some(n) => format!(
+                "max_steps {n}: {:.2} epochs of {} steps",
+                p.epoch_at(n),
+                p.steps_per_epoch
+            ),
+            None => format!(
+                "{} per epoch x {} epochs",
+                p.steps_per_epoch, self.settings.epochs
+            ),
         };
         let mut out = format!(
             "steps:          {} optimizer steps ({length}), warmup {}\n\

@@ -36,7 +36,12 @@ impl Job<'_> {
         let started = Instant::now();
         // Steps are never cancelled half-way: an interrupt finishes the step, then saves it.
         let never = AtomicBool::new(false);
-        let lengths: Vec<usize> = self.data.samples.iter().map(|s| s.input_ids.len()).collect();
+        let lengths: Vec<usize> = self
+            .data
+            .samples
+            .iter()
+            .map(|s| s.input_ids.len())
+            .collect();
         let batch_size = steps.input.batch_size as usize;
         let (mut order_epoch, mut order) = (u64::MAX, Vec::new());
         let mut stop: Option<StopReason> = None;
@@ -64,7 +69,11 @@ impl Job<'_> {
                 return Err(self.diverged(format!("the loss became {}", stats.loss), step, lr));
             }
             if !stats.grad_norm.is_finite() {
-                return Err(self.diverged(format!("the gradient norm became {}", stats.grad_norm), step, lr));
+                return Err(self.diverged(
+                    format!("the gradient norm became {}", stats.grad_norm),
+                    step,
+                    lr,
+                ));
             }
             self.loss = stats.loss;
 
@@ -84,7 +93,14 @@ impl Job<'_> {
             if eval_now {
                 let adapter = self.trainer.adapter()?;
                 let pad = self.trainer.config().pad_id;
-                let e = evaluate(self.model, Some(&adapter), &self.data.eval, batch_size, pad, &never)?;
+                let e = evaluate(
+                    self.model,
+                    Some(&adapter),
+                    &self.data.eval,
+                    batch_size,
+                    pad,
+                    &never,
+                )?;
                 if self.observer.on_eval(step, &e) == Flow::Stop {
                     event = event.with_stop();
                 }
@@ -106,7 +122,8 @@ impl Job<'_> {
                         ControlOutcome::Applied(ControlCommand::Stop)
                     }
                     Ok(ControlCommand::Set { assignment }) => {
-                        let applied = Change::parse(&assignment).and_then(|c| c.apply(&mut self.policy, self.loss_rule));
+                        let applied = Change::parse(&assignment)
+                            .and_then(|c| c.apply(&mut self.policy, self.loss_rule));
                         let command = ControlCommand::Set { assignment };
                         match applied {
                             Ok(()) => ControlOutcome::Applied(command),
@@ -137,7 +154,9 @@ impl Job<'_> {
                 ..LogRecord::default()
             };
             let actions = self.policy.decide(&event);
-            if actions.iter().any(|a| matches!(a, Action::Save { .. })) && !self.trainer.adapter()?.is_finite()? {
+            if actions.iter().any(|a| matches!(a, Action::Save { .. }))
+                && !self.trainer.adapter()?.is_finite()?
+            {
                 return Err(self.diverged("the update left inf or NaN weights".into(), step, lr));
             }
             let (stopped, saved) = self.carry_out(actions, step)?;

@@ -117,7 +117,10 @@ impl RunState {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(RUN_STATE_FILE);
         let text = std::fs::read_to_string(&path).map_err(|_| {
-            Error::resume(dir, format!("it is not a resumable checkpoint (no {RUN_STATE_FILE})"))
+            Error::resume(
+                dir,
+                format!("it is not a resumable checkpoint (no {RUN_STATE_FILE})"),
+            )
         })?;
         let state: RunState = serde_json::from_str(&text)
             .map_err(|e| Error::resume(dir, format!("{} is damaged: {e}", path.display())))?;
@@ -143,7 +146,9 @@ impl RunState {
     pub fn conflicts(&self, now: &ResumeSettings) -> Option<Vec<String>> {
         match &self.settings {
             ResumeSettingsRecord::Complete(s) => Some(s.conflicts(now)),
-            ResumeSettingsRecord::Legacy(table) => legacy_settings(table, now).map(|s| s.conflicts(now)),
+            ResumeSettingsRecord::Legacy(table) => {
+                legacy_settings(table, now).map(|s| s.conflicts(now))
+            }
         }
     }
 }
@@ -168,7 +173,10 @@ fn legacy_settings(table: &Map<String, Value>, now: &ResumeSettings) -> Option<R
         out.insert(key.clone(), value);
     }
     if let Some(dementor) = table.get("dementor").and_then(Value::as_bool) {
-        out.insert("mode".into(), Value::String(if dementor { "dementor" } else { "precise" }.into()));
+        out.insert(
+            "mode".into(),
+            Value::String(if dementor { "dementor" } else { "precise" }.into()),
+        );
     }
     serde_json::from_value(Value::Object(out)).ok()
 }
@@ -207,7 +215,11 @@ mod tests {
         b.data.mode = prts_chunker::Mode::Dementor;
         assert_eq!(
             a.conflicts(&b),
-            ["mode (\"precise\" -> \"dementor\")", "rank (8 -> 4)", "seed (42 -> 7)"]
+            [
+                "mode (\"precise\" -> \"dementor\")",
+                "rank (8 -> 4)",
+                "seed (42 -> 7)"
+            ]
         );
     }
 

@@ -43,7 +43,8 @@ impl Checkpoint<'_> {
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         self.trainer.save_state(dir, self.base_model)?;
         let path = dir.join(RUN_STATE_FILE);
-        let json = serde_json::to_string_pretty(self.state).map_err(|e| Error::io(&path, e.into()))?;
+        let json =
+            serde_json::to_string_pretty(self.state).map_err(|e| Error::io(&path, e.into()))?;
         write_atomic(&path, json.as_bytes())
     }
 }
@@ -77,8 +78,14 @@ pub enum Recovered {
 impl std::fmt::Display for Recovered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Recovered::Restored(p) => write!(f, "restored {} (it was being replaced when the run stopped)", p.display()),
-            Recovered::Removed(p) => write!(f, "removed {} (left by an interrupted write)", p.display()),
+            Recovered::Restored(p) => write!(
+                f,
+                "restored {} (it was being replaced when the run stopped)",
+                p.display()
+            ),
+            Recovered::Removed(p) => {
+                write!(f, "removed {} (left by an interrupted write)", p.display())
+            }
         }
     }
 }
@@ -193,7 +200,10 @@ impl DirStore {
         let mut best: Option<(u64, PathBuf)> = None;
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if !name.starts_with("checkpoint-") || !path.join(RUN_STATE_FILE).is_file() {
                 continue;
             }
@@ -204,7 +214,8 @@ impl DirStore {
                 best = Some((state.step, path));
             }
         }
-        best.map(|(_, p)| p).ok_or_else(|| Error::NoCheckpoint { dir: dir.clone() })
+        best.map(|(_, p)| p)
+            .ok_or_else(|| Error::NoCheckpoint { dir: dir.clone() })
     }
 
     /// Writes `bytes` to file `name` of the folder, atomically (the caller's [`PARAMETERS_FILE`], ...).
@@ -289,7 +300,10 @@ fn is_final_name(name: &str) -> bool {
         || name == ADAPTER_CONFIG_FILE
         || name == ADAPTER_WEIGHTS_FILE
         || name.starts_with("adapter_")
-        || matches!(name, PARAMETERS_FILE | LOG_FILE | GRAPH_FILE | PREVIEW_FILE | CONTROL_FILE)
+        || matches!(
+            name,
+            PARAMETERS_FILE | LOG_FILE | GRAPH_FILE | PREVIEW_FILE | CONTROL_FILE
+        )
 }
 
 /// A leftover of an interrupted write: the final name it was for, and whether it is a checkpoint folder moved
@@ -324,12 +338,18 @@ mod tests {
         fs::write(d.path().join(LOG_FILE), "{}\n").unwrap();
         fs::write(d.path().join("notes.txt"), "mine").unwrap();
         let store = DirStore::new(d.path());
-        assert!(matches!(store.prepare_new(false), Err(Error::RunExists { .. })));
+        assert!(matches!(
+            store.prepare_new(false),
+            Err(Error::RunExists { .. })
+        ));
         assert!(d.path().join(LOG_FILE).exists());
         store.prepare_new(true).unwrap();
         assert_eq!(names(d.path()), ["notes.txt"]);
         let file = d.path().join("notes.txt");
-        assert!(matches!(DirStore::new(&file).prepare_new(true), Err(Error::NotAFolder { .. })));
+        assert!(matches!(
+            DirStore::new(&file).prepare_new(true),
+            Err(Error::NotAFolder { .. })
+        ));
     }
 
     #[test]
@@ -337,12 +357,30 @@ mod tests {
         for (name, want) in [
             (".checkpoint-3.tmp-123", Some(("checkpoint-3", false))),
             (".checkpoint-3.tmpAbC123", Some(("checkpoint-3", false))),
-            (".checkpoint-3-epoch-1.old-9", Some(("checkpoint-3-epoch-1", true))),
-            (".adapter_model.safetensors.tmp77", Some(("adapter_model.safetensors", false))),
-            (".adapter_config.json.tmpx1Y2z3", Some(("adapter_config.json", false))),
-            (".training_graph.png.tmp-5-2.png", Some(("training_graph.png", false))),
-            (".training_graph.png.tmpQ1w2E3.png", Some(("training_graph.png", false))),
-            (".training_parameters.toml.tmp-8", Some((PARAMETERS_FILE, false))),
+            (
+                ".checkpoint-3-epoch-1.old-9",
+                Some(("checkpoint-3-epoch-1", true)),
+            ),
+            (
+                ".adapter_model.safetensors.tmp77",
+                Some(("adapter_model.safetensors", false)),
+            ),
+            (
+                ".adapter_config.json.tmpx1Y2z3",
+                Some(("adapter_config.json", false)),
+            ),
+            (
+                ".training_graph.png.tmp-5-2.png",
+                Some(("training_graph.png", false)),
+            ),
+            (
+                ".training_graph.png.tmpQ1w2E3.png",
+                Some(("training_graph.png", false)),
+            ),
+            (
+                ".training_parameters.toml.tmp-8",
+                Some((PARAMETERS_FILE, false)),
+            ),
             (".notes.txt.tmp-1", None),
             (".tmp-1", None),
             ("checkpoint-3", None),
@@ -366,16 +404,32 @@ mod tests {
         mk(".checkpoint-3.tmpZ9y8X7", "three again");
         // Killed after the replacement was in place.
         mk(".checkpoint-1.old-6", "old one");
-        fs::write(d.path().join(".adapter_model.safetensors.tmpQwErTy"), "half").unwrap();
+        fs::write(
+            d.path().join(".adapter_model.safetensors.tmpQwErTy"),
+            "half",
+        )
+        .unwrap();
         fs::write(d.path().join(".notes.tmp-1"), "mine").unwrap();
         let store = DirStore::new(d.path());
         let done = store.recover().unwrap();
         assert_eq!(done.len(), 5, "{done:?}");
         assert_eq!(done[0], Recovered::Restored(d.path().join("checkpoint-3")));
-        assert_eq!(names(d.path()), [".notes.tmp-1", "checkpoint-1", "checkpoint-3"]);
-        assert_eq!(fs::read_to_string(d.path().join("checkpoint-1/x")).unwrap(), "one");
-        assert_eq!(fs::read_to_string(d.path().join("checkpoint-3/x")).unwrap(), "three");
+        assert_eq!(
+            names(d.path()),
+            [".notes.tmp-1", "checkpoint-1", "checkpoint-3"]
+        );
+        assert_eq!(
+            fs::read_to_string(d.path().join("checkpoint-1/x")).unwrap(),
+            "one"
+        );
+        assert_eq!(
+            fs::read_to_string(d.path().join("checkpoint-3/x")).unwrap(),
+            "three"
+        );
         assert!(store.recover().unwrap().is_empty());
-        assert!(matches!(store.latest_checkpoint(), Err(Error::NoCheckpoint { .. })));
+        assert!(matches!(
+            store.latest_checkpoint(),
+            Err(Error::NoCheckpoint { .. })
+        ));
     }
 }

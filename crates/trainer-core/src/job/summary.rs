@@ -45,7 +45,14 @@ pub fn report_text(r: &DatasetReport, cutoff: usize) -> String {
          tokens:         {} ({} learned, the rest masked)\n\
          longest:        {} tokens (cutoff {cutoff}); {} truncated, {} eliminated as too long\n\
          dropped:        {} with nothing left to learn",
-        r.records, r.kept, r.tokens, r.learned, r.longest, r.truncated, r.eliminated, r.nothing_to_learn
+        r.records,
+        r.kept,
+        r.tokens,
+        r.learned,
+        r.longest,
+        r.truncated,
+        r.eliminated,
+        r.nothing_to_learn
     );
     if r.marker_missing > 0 {
         let _ = write!(
@@ -59,7 +66,11 @@ pub fn report_text(r: &DatasetReport, cutoff: usize) -> String {
 
 /// Scored next-token predictions of a sample.
 fn learned_tokens(s: &Sample) -> usize {
-    s.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count()
+    s.labels
+        .iter()
+        .skip(1)
+        .filter(|&&l| l != IGNORE_INDEX)
+        .count()
 }
 
 impl TrainingData {
@@ -71,9 +82,16 @@ impl TrainingData {
         if let Some((chunks, bytes)) = &self.chunks {
             let _ = writeln!(out, "{}", slicing_summary(chunks, *bytes, o.cutoff));
         }
-        let shown = |p: &Option<std::path::PathBuf>| p.as_deref().unwrap_or(Path::new("")).display().to_string();
+        let shown = |p: &Option<std::path::PathBuf>| {
+            p.as_deref().unwrap_or(Path::new("")).display().to_string()
+        };
         if let Some(r) = &self.dataset {
-            let _ = writeln!(out, "# dataset {}\n{}", shown(&self.sources.dataset), report_text(r, o.cutoff));
+            let _ = writeln!(
+                out,
+                "# dataset {}\n{}",
+                shown(&self.sources.dataset),
+                report_text(r, o.cutoff)
+            );
         }
         if let Some(h) = self.hybrid {
             let _ = writeln!(
@@ -205,7 +223,11 @@ impl TrainingData {
         Ok(format!(
             "# sample {i}: {what} ({} tokens, as trained{})\n{text}",
             sample.input_ids.len(),
-            if masked { "; [[masked: ...]] is not learned" } else { "" }
+            if masked {
+                "; [[masked: ...]] is not learned"
+            } else {
+                ""
+            }
         ))
     }
 }
