@@ -12,3 +12,5 @@ mod training;
 mod gradcheck;
 // Instruction and chat datasets: format files, chat templates, label masks.
 mod dataset;
+// The job API: runs, stops, interrupt and resume, recovery, format-1 checkpoints.
+mod job;
