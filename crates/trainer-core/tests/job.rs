@@ -13,9 +13,9 @@ use lora_targets::LoraSettings;
 use plot_report::LogRecord;
 use schedulers::Warmup;
 use trainer_core::job::{
-    CheckpointStore, ControlCommand, ControlOutcome, DataFiles, DataOptions, DataSources, DirStore, End, Flow,
-    Interrupter, Job, JobBuilder, Observer, Report, Saved, Start, TrainingData, TrainingPlan, PlanSettings,
-    LOG_FILE,
+    CheckpointStore, ControlCommand, ControlOutcome, DataFiles, DataOptions, DataSources, DirStore,
+    End, Flow, Interrupter, Job, JobBuilder, Observer, PlanSettings, Report, Saved, Start,
+    TrainingData, TrainingPlan, LOG_FILE,
 };
 use trainer_core::{Error, Model, ModelConfig, Sample, TrainConfig};
 
@@ -28,7 +28,11 @@ fn tiny_model() -> Model {
 /// 10 byte-level samples of 20-40 tokens; two of them are the eval set.
 fn data(eval: bool) -> TrainingData {
     let sample = |i: u32| Sample::causal((0..20 + 2 * i).map(|t| (t * 7 + i * 13) % 256).collect());
-    let eval = if eval { vec![sample(11), sample(12)] } else { Vec::new() };
+    let eval = if eval {
+        vec![sample(11), sample(12)]
+    } else {
+        Vec::new()
+    };
     TrainingData::from_samples((0..10).map(sample).collect(), eval, DataOptions::default())
 }
 
@@ -65,10 +69,14 @@ impl Seen {
 
 impl Observer for Seen {
     fn on_start(&mut self, s: &Start) {
-        self.0.borrow_mut().push(format!("start {} {}", s.step, s.total_steps));
+        self.0
+            .borrow_mut()
+            .push(format!("start {} {}", s.step, s.total_steps));
     }
     fn on_step(&mut self, r: &LogRecord) -> Flow {
-        self.0.borrow_mut().push(format!("step {} {:?}", r.step, r.checkpoint));
+        self.0
+            .borrow_mut()
+            .push(format!("step {} {:?}", r.step, r.checkpoint));
         Flow::Continue
     }
     fn on_eval(&mut self, step: u64, _e: &trainer_core::EvalStats) -> Flow {
@@ -76,13 +84,17 @@ impl Observer for Seen {
         Flow::Continue
     }
     fn on_checkpoint(&mut self, s: &Saved<'_>) {
-        self.0.borrow_mut().push(format!("saved {} {:?}", s.name, s.reason));
+        self.0
+            .borrow_mut()
+            .push(format!("saved {} {:?}", s.name, s.reason));
     }
     fn on_control(&mut self, o: &ControlOutcome) {
         self.0.borrow_mut().push(format!("control {o:?}"));
     }
     fn on_finish(&mut self, r: &Report) {
-        self.0.borrow_mut().push(format!("finish {:?} {}", r.end, r.step));
+        self.0
+            .borrow_mut()
+            .push(format!("finish {:?} {}", r.end, r.step));
     }
 }
 
@@ -119,14 +131,23 @@ fn a_job_runs_to_the_end_and_the_observer_sees_every_step() {
         .unwrap()
         .run()
         .unwrap();
-    assert_eq!((report.end, report.step, report.total_steps), (End::Finished, 10, 10));
+    assert_eq!(
+        (report.end, report.step, report.total_steps),
+        (End::Finished, 10, 10)
+    );
     let lines = seen.lines();
     assert_eq!(lines[0], "start 0 10");
     let steps: Vec<&String> = lines.iter().filter(|l| l.starts_with("step ")).collect();
     assert_eq!(steps.len(), 10);
     // Epoch ends (steps 5 and 10) are evaluated and saved (best eval first, then the epoch rule).
-    assert!(lines.contains(&"eval 5".to_string()) && lines.contains(&"eval 10".to_string()), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("saved checkpoint-5-")), "{lines:?}");
+    assert!(
+        lines.contains(&"eval 5".to_string()) && lines.contains(&"eval 10".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("saved checkpoint-5-")),
+        "{lines:?}"
+    );
     assert_eq!(lines.last().unwrap(), "finish Finished 10");
     let log = plot_report::read_log(d.path().join(LOG_FILE)).unwrap();
     assert_eq!(log.records.len(), 10);
@@ -148,7 +169,10 @@ fn a_rule_stops_the_job() {
         .unwrap()
         .run()
         .unwrap();
-    assert_eq!((report.end, report.step), (End::Stopped(StopReason::AtEpoch), 5));
+    assert_eq!(
+        (report.end, report.step),
+        (End::Stopped(StopReason::AtEpoch), 5)
+    );
     assert!(d.path().join("adapter_model.safetensors").is_file());
 }
 
@@ -205,11 +229,17 @@ fn interrupt_checkpoint_resume_equals_straight_through() {
     let report = job2.run().unwrap();
     assert_eq!(report.end, End::Finished);
     assert_eq!(seen.lines()[0], "start 4 10");
-    assert!(adapter_bytes(&straight) == adapter_bytes(&out), "resumed adapter differs");
+    assert!(
+        adapter_bytes(&straight) == adapter_bytes(&out),
+        "resumed adapter differs"
+    );
 
     // Other settings or other data are refused, naming what changed.
     let other = Job::builder(&model, data(true), DirStore::new(&out))
-        .lora(LoraSettings { alpha: 4.0, ..lora() })
+        .lora(LoraSettings {
+            alpha: 4.0,
+            ..lora()
+        })
         .train_config(TrainConfig {
             seed: 5,
             ..TrainConfig::default()
@@ -218,11 +248,17 @@ fn interrupt_checkpoint_resume_equals_straight_through() {
         .resume_from(&ckpt)
         .build();
     match other {
-        Err(Error::Resume { message, .. }) => assert!(message.contains("alpha (8.0 -> 4.0)"), "{message}"),
+        Err(Error::Resume { message, .. }) => {
+            assert!(message.contains("alpha (8.0 -> 4.0)"), "{message}")
+        }
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a changed alpha was accepted"),
     }
-    let other = Job::builder(&model, data(false), DirStore::new(&out)).lora(lora()).plan(plan(2.0)).resume_from(&ckpt).build();
+    let other = Job::builder(&model, data(false), DirStore::new(&out))
+        .lora(lora())
+        .plan(plan(2.0))
+        .resume_from(&ckpt)
+        .build();
     assert!(matches!(other, Err(Error::Resume { message, .. }) if message.contains("other data")));
 }
 
@@ -241,11 +277,28 @@ fn control_commands_save_and_stop_and_bad_ones_are_reported() {
         send.send(c).unwrap();
     }
     let seen = Seen::default();
-    let report = job(&model, d.path(), 2.0).control(receive).observer(seen.clone()).build().unwrap().run().unwrap();
-    assert_eq!((report.end, report.step), (End::Stopped(StopReason::User), 1));
+    let report = job(&model, d.path(), 2.0)
+        .control(receive)
+        .observer(seen.clone())
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(
+        (report.end, report.step),
+        (End::Stopped(StopReason::User), 1)
+    );
     let lines = seen.lines();
-    assert!(lines.iter().any(|l| l.contains("Rejected") && l.contains("rank")), "{lines:?}");
-    assert!(lines.contains(&format!("saved checkpoint-1-user {:?}", SaveReason::User)), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Rejected") && l.contains("rank")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&format!("saved checkpoint-1-user {:?}", SaveReason::User)),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -270,14 +323,23 @@ fn the_directory_store_recovers_after_a_kill_and_the_run_resumes() {
     // temporary folder, a temporary adapter file, and a torn log line.
     fs::rename(out.join("checkpoint-4"), out.join(".checkpoint-4.old-77")).unwrap();
     fs::create_dir(out.join(".checkpoint-4.tmpAbCdEf")).unwrap();
-    fs::write(out.join(".checkpoint-4.tmpAbCdEf/adapter_model.safetensors"), "half").unwrap();
+    fs::write(
+        out.join(".checkpoint-4.tmpAbCdEf/adapter_model.safetensors"),
+        "half",
+    )
+    .unwrap();
     fs::write(out.join(".adapter_model.safetensors.tmpXyZ123"), "half").unwrap();
     let mut log = fs::read_to_string(out.join(LOG_FILE)).unwrap();
     log.push_str("{\"step\":6,\"ep");
     fs::write(out.join(LOG_FILE), log).unwrap();
 
     let mut store = DirStore::new(&out);
-    let done: Vec<String> = store.recover().unwrap().iter().map(ToString::to_string).collect();
+    let done: Vec<String> = store
+        .recover()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(done.len(), 3, "{done:?}");
     assert!(done[0].starts_with("restored"), "{done:?}");
     let hidden: Vec<PathBuf> = fs::read_dir(&out)
@@ -288,8 +350,20 @@ fn the_directory_store_recovers_after_a_kill_and_the_run_resumes() {
     assert!(hidden.is_empty(), "{hidden:?}");
     let latest = store.latest_checkpoint().unwrap();
     assert_eq!(latest, out.join("checkpoint-4"));
-    store.append_log(&LogRecord { step: 5, epoch: 1.0, ..LogRecord::default() }).unwrap();
-    assert_eq!(plot_report::read_log(out.join(LOG_FILE)).unwrap().records.len(), 6);
+    store
+        .append_log(&LogRecord {
+            step: 5,
+            epoch: 1.0,
+            ..LogRecord::default()
+        })
+        .unwrap();
+    assert_eq!(
+        plot_report::read_log(out.join(LOG_FILE))
+            .unwrap()
+            .records
+            .len(),
+        6
+    );
     let report = Job::builder(&model, data(true), store)
         .lora(lora())
         .train_config(TrainConfig {
@@ -321,7 +395,12 @@ fn max_steps_runs_exactly_that_many_steps_across_epochs() {
     .unwrap();
     assert_eq!((plan.steps.total_steps, plan.steps.warmup_steps), (7, 3));
     assert_eq!(plan.lr(7), 0.0);
-    let report = job(&model, d.path(), 1.0).plan(plan).build().unwrap().run().unwrap();
+    let report = job(&model, d.path(), 1.0)
+        .plan(plan)
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
     assert_eq!((report.end, report.step), (End::Finished, 7));
 }
 
@@ -353,7 +432,13 @@ fn a_checkpoint_written_before_the_job_api_resumes_to_the_same_adapter() {
     };
     // A changed setting is named, with the value the checkpoint recorded.
     for (lora, want) in [
-        (LoraSettings { dropout: 0.1, ..v1_lora() }, "dropout (0.05 -> 0.1)"),
+        (
+            LoraSettings {
+                dropout: 0.1,
+                ..v1_lora()
+            },
+            "dropout (0.05 -> 0.1)",
+        ),
         (LoraSettings { r: 8, ..v1_lora() }, "rank (4 -> 8)"),
     ] {
         match v1_job(&model, &sources, &options, lora, &out) {
@@ -362,7 +447,10 @@ fn a_checkpoint_written_before_the_job_api_resumes_to_the_same_adapter() {
             Ok(_) => panic!("{want} was accepted"),
         }
     }
-    let report = v1_job(&model, &sources, &options, v1_lora(), &out).unwrap().run().unwrap();
+    let report = v1_job(&model, &sources, &options, v1_lora(), &out)
+        .unwrap()
+        .run()
+        .unwrap();
     assert_eq!((report.end, report.step), (End::Finished, 4));
     assert!(
         fs::read(out.join("adapter_model.safetensors")).unwrap()
@@ -465,6 +553,12 @@ fn a_real_model_job_on_raw_text() {
         .unwrap();
     assert_eq!((report.end, report.step), (End::Finished, 3));
     assert!(out.join("checkpoint-2/run_state.json").is_file());
-    assert_eq!(seen.lines().iter().filter(|l| l.starts_with("step ")).count(), 3);
+    assert_eq!(
+        seen.lines()
+            .iter()
+            .filter(|l| l.starts_with("step "))
+            .count(),
+        3
+    );
     trainer_core::Adapter::load(&out, model).unwrap();
 }

@@ -276,8 +276,8 @@ impl TrainingData {
             return Err(Error::setting(
                 "cutoff",
                 format!(
-                    "{} is more than the model's context of {context} tokens (max_position_embeddings): give \
-                     a cutoff of at most {context}",
+                    "{} tokens is more than the model takes: its context is {context} tokens \
+                     (max_position_embeddings); give a cutoff of at most {context}",
                     o.cutoff
                 ),
             ));

@@ -79,14 +79,14 @@ impl Job<'_> {
 
             let epoch = steps.epoch_at(step);
             let mut event = Event::new(step, epoch, self.loss);
-            let epoch_end = step % per_epoch == 0 || step == total;
+            let epoch_end = step.is_multiple_of(per_epoch) || step == total;
             if epoch_end {
                 event = event.with_epoch_end();
             }
             let eval_now = !self.data.eval.is_empty()
                 && (step == total
                     || match self.eval_every {
-                        EvalEvery::Steps(n) => n > 0 && step % n == 0,
+                        EvalEvery::Steps(n) => n > 0 && step.is_multiple_of(n),
                         EvalEvery::EpochEnd => epoch_end,
                     });
             let mut eval_loss = None;
