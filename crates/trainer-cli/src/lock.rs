@@ -172,7 +172,7 @@ mod tests {
     fn an_output_that_is_a_file_is_refused_and_kept() {
         let t = tempdir();
         let d = t.path();
-        std::fs::create_dir_all(&d).unwrap();
+        std::fs::create_dir_all(d).unwrap();
         let f = d.join("out");
         std::fs::write(&f, "precious").unwrap();
         let err = acquire(&f).unwrap_err().to_string();

@@ -386,7 +386,7 @@ impl<'m> Job<'m> {
             loss: self.loss.is_finite().then_some(self.loss),
             data_fingerprint: self.fingerprint,
             policy: self.policy.clone(),
-            settings: ResumeSettingsRecord::Complete(self.resume_settings.clone()),
+            settings: ResumeSettingsRecord::Complete(Box::new(self.resume_settings.clone())),
         }
     }
 

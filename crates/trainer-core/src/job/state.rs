@@ -106,7 +106,7 @@ pub struct RunState {
 #[serde(untagged)]
 pub enum ResumeSettingsRecord {
     /// Format 2.
-    Complete(ResumeSettings),
+    Complete(Box<ResumeSettings>),
     /// Format 1: the command line's settings as it wrote them, translated to [`ResumeSettings`] keys when
     /// compared.
     Legacy(Map<String, Value>),
