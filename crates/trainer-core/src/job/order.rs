@@ -85,7 +85,7 @@ pub(crate) fn fingerprint(blocks: &[Vec<u32>]) -> u64 {
     h
 }
 
-/// The fingerprint of a run's data: [`fingerprint`] of the training token ids (so a raw-text run keeps the value
+/// The fingerprint of a run's data: an FNV-1a hash of the training token ids (so a raw-text run keeps the value
 /// it always had), extended with the labels and the eval set when any label is masked or an eval set exists.
 pub fn data_fingerprint(train: &[Sample], eval: &[Sample]) -> u64 {
     let ids: Vec<Vec<u32>> = train.iter().map(|s| s.input_ids.clone()).collect();
