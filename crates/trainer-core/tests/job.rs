@@ -153,8 +153,16 @@ fn a_job_runs_to_the_end_and_the_observer_sees_every_step() {
     assert_eq!(log.records.len(), 10);
     let steps: Vec<u64> = log.records.iter().map(|r| r.step).collect();
     assert_eq!(steps, (1..=10).collect::<Vec<_>>());
-    assert!(log.records.iter().all(|r| r.loss.is_some_and(f64::is_finite) && r.lr.is_some()));
-    let evaluated: Vec<u64> = log.records.iter().filter(|r| r.eval_loss.is_some()).map(|r| r.step).collect();
+    assert!(log
+        .records
+        .iter()
+        .all(|r| r.loss.is_some_and(f64::is_finite) && r.lr.is_some()));
+    let evaluated: Vec<u64> = log
+        .records
+        .iter()
+        .filter(|r| r.eval_loss.is_some())
+        .map(|r| r.step)
+        .collect();
     assert_eq!(evaluated, [5, 10]);
     assert!(d.path().join("adapter_config.json").is_file());
 }
