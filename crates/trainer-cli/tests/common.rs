@@ -69,6 +69,13 @@ pub fn model() -> PathBuf {
 /// its path.
 pub struct TempDir(tempfile::TempDir);
 
+impl TempDir {
+    /// Keeps the folder after the test (for a run shared by several tests through a static).
+    pub fn keep(self) -> PathBuf {
+        self.0.keep()
+    }
+}
+
 impl std::ops::Deref for TempDir {
     type Target = Path;
 
