@@ -4,6 +4,7 @@ mod common;
 mod datasets;
 mod errors;
 mod faults;
+mod guide;
 mod hostile;
 mod hostile_files;
 mod lock;

@@ -17,6 +17,10 @@
 //!   LoRA dropout and NEFTune noise come from a seeded RNG, so a run is reproducible bit for bit, and
 //!   [`Trainer::save_state`] / [`Trainer::load_state`] resume exactly. Nothing here prints; [`Trainer::run`]
 //!   reports each step to a callback and stops on a cancel flag.
+//! - [`job`] runs a whole Training PRO job on top of these: raw text sliced by `prts-chunker` and/or a
+//!   [`dataset`], the step plan and schedule of `schedulers`, eval cadence, the checkpoint decisions of
+//!   `checkpoint-policy` carried out by a checkpoint store, live control, the training log of `plot-report`
+//!   and exact resume; it reports to an observer and stops on an interrupter.
 //!
 //! All tensors are f32. On CPU the decoder uses fused kernels with hand-written backward passes (see
 //! [`Model::set_fused_kernels`]); the `cuda` feature enables candle's CUDA backend.
@@ -71,6 +75,7 @@ mod gguf;
 mod gguf_write;
 mod hf;
 mod io;
+pub mod job;
 mod lora;
 mod loss;
 mod model;

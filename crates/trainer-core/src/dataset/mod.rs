@@ -42,6 +42,35 @@ pub enum TrainOn {
     All,
 }
 
+impl TrainOn {
+    /// Both choices, with the name [`FromStr`](std::str::FromStr) and [`Display`](std::fmt::Display) use.
+    pub const ALL: [(TrainOn, &'static str); 2] =
+        [(TrainOn::Responses, "responses"), (TrainOn::All, "all")];
+}
+
+impl std::fmt::Display for TrainOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = TrainOn::ALL
+            .iter()
+            .find(|(t, _)| t == self)
+            .map_or("", |(_, n)| n);
+        f.write_str(name)
+    }
+}
+
+impl std::str::FromStr for TrainOn {
+    type Err = Error;
+
+    /// `responses` or `all` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        TrainOn::ALL
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(s.trim()))
+            .map(|(t, _)| *t)
+            .ok_or_else(|| Error::setting("train_on", format!("{s:?} is not responses or all")))
+    }
+}
+
 /// How records become texts.
 #[derive(Debug)]
 pub enum DatasetKind {
