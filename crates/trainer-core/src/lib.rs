@@ -67,6 +67,7 @@ mod evaluate;
 mod fused;
 mod fused_attention;
 mod gguf;
+mod gguf_limits;
 mod hf;
 mod io;
 mod lora;
