@@ -76,6 +76,7 @@ mod model;
 mod ops;
 mod optim;
 mod rng;
+mod split_patterns;
 #[cfg(test)]
 mod test_util;
 mod tokenizer;
