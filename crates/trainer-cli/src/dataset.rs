@@ -82,6 +82,25 @@ pub struct RunData {
     pub hybrid: Option<[usize; 4]>,
 }
 
+/// The environment variable that multiplies every chat-template render limit (docs/datasets.md, "Render
+/// limits").
+pub const TEMPLATE_LIMITS_VAR: &str = "TRAINER_TEMPLATE_LIMITS";
+
+/// The factor of [`TEMPLATE_LIMITS_VAR`]: 1 when unset.
+fn template_limit_scale() -> Result<u64> {
+    match std::env::var(TEMPLATE_LIMITS_VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(1),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+            _ => bail!(
+                "{TEMPLATE_LIMITS_VAR}={v:?} is not a whole number from 1 to 1000000: it multiplies every \
+                 chat-template render limit (e.g. 4); unset it for the defaults"
+            ),
+        },
+        Err(e) => bail!("{TEMPLATE_LIMITS_VAR} cannot be read: {e}"),
+    }
+}
+
 fn token_string(tok: &Tokenizer, id: Option<u32>) -> String {
     id.and_then(|i| tok.id_to_token(i)).unwrap_or_default()
 }
@@ -124,12 +143,13 @@ pub fn build(
                     ),
                 },
             };
-            let template = ChatTemplate::new(
+            let mut template = ChatTemplate::new(
                 &src,
                 &origin,
                 &token_string(tok, special.bos),
                 &token_string(tok, special.eos),
             )?;
+            template.scale_limits(template_limit_scale()?);
             Some(DatasetKind::Chat {
                 template,
                 train_on: if s.train_on == "all" {
@@ -252,6 +272,14 @@ pub fn report_text(r: &DatasetReport, cutoff: usize) -> String {
         "dropped:        {} with nothing left to learn",
         r.nothing_to_learn
     );
+    if r.renders > 0 {
+        let _ = write!(
+            out,
+            "\nrenders:        {} chat-template renders ({} records x up to {} each: one per conversation, \
+             two more per learned assistant turn)",
+            r.renders, r.records, r.most_renders
+        );
+    }
     if r.marker_missing > 0 {
         let _ = write!(
             out,

@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod hostile_files;
+mod hostile_models;
 mod lock;
 mod real_model;
 mod tools;
