@@ -443,4 +443,93 @@ mod tests {
             assert!(err.contains(needle), "{err}");
         }
     }
+
+    /// A tiny but complete llama GGUF (1 real block, 256-token tokenizer) declaring `blocks` blocks.
+    pub(crate) fn tiny_gguf(blocks: u64) -> Vec<u8> {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let s = |v: &str| Value::String(v.to_string());
+        let tokens = (0..256u32)
+            .map(|i| Value::String(char::from_u32(0x100 + i).unwrap().to_string()))
+            .collect();
+        let md: Vec<(&str, Value)> = vec![
+            ("general.architecture", s("llama")),
+            ("llama.embedding_length", Value::U32(16)),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+            ("llama.feed_forward_length", Value::U32(32)),
+            ("llama.block_count", Value::U64(blocks)),
+            ("llama.context_length", Value::U32(64)),
+            ("tokenizer.ggml.model", s("gpt2")),
+            ("tokenizer.ggml.tokens", Value::Array(tokens)),
+            ("tokenizer.ggml.merges", Value::Array(vec![])),
+        ];
+        let mut shapes = vec![
+            ("token_embd.weight".to_string(), vec![256, 16]),
+            ("output_norm.weight".to_string(), vec![16]),
+        ];
+        for (name, shape) in [
+            ("attn_norm.weight", vec![16]),
+            ("attn_q.weight", vec![16, 16]),
+            ("attn_k.weight", vec![8, 16]),
+            ("attn_v.weight", vec![8, 16]),
+            ("attn_output.weight", vec![16, 16]),
+            ("ffn_gate.weight", vec![32, 16]),
+            ("ffn_up.weight", vec![32, 16]),
+            ("ffn_down.weight", vec![16, 32]),
+            ("ffn_norm.weight", vec![16]),
+        ] {
+            shapes.push((format!("blk.0.{name}"), shape));
+        }
+        let tensors: Vec<(String, QTensor)> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = Tensor::ones(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap();
+                (name, QTensor::quantize(&t, GgmlDType::F32).unwrap())
+            })
+            .collect();
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, q)| (k.as_str(), q)).collect();
+        let mut out = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
+        out.into_inner()
+    }
+
+    /// The inputs in `fuzz/seeds/gguf/` (each the 4-byte tag of the target's raw-bytes case, then a GGUF file),
+    /// among them the fuzzer's finding of a `block_count` of 69879750394594115 (it aborted the process in
+    /// `Vec::with_capacity`): each loads or fails with an error, and the huge counts name their key.
+    #[test]
+    fn the_gguf_fuzz_seeds_load_or_fail_cleanly() {
+        let ok = std::env::temp_dir().join(format!("gguf-tiny-{}.gguf", std::process::id()));
+        std::fs::write(&ok, tiny_gguf(1)).unwrap();
+        crate::Model::load(&ok, &candle_core::Device::Cpu).unwrap();
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/gguf");
+        let mut named = 0;
+        for e in std::fs::read_dir(&seeds).unwrap() {
+            let p = e.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::write(&ok, &bytes[4.min(bytes.len())..]).unwrap();
+            if let Err(e) = crate::Model::load(&ok, &candle_core::Device::Cpu) {
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                if let Some(key) = name.strip_prefix("count-") {
+                    assert!(e.to_string().contains(&format!("`llama.{key}`")), "{name}: {e}");
+                    named += 1;
+                }
+            }
+        }
+        assert!(named >= 1, "no count seed in {}", seeds.display());
+    }
+
+    #[test]
+    #[ignore = "writes the count seeds of fuzz/seeds/gguf; run by hand"]
+    fn write_count_seeds() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/gguf");
+        std::fs::create_dir_all(&seeds).unwrap();
+        let mut bytes = vec![0u8; 4];
+        bytes.extend(tiny_gguf(69_879_750_394_594_115));
+        std::fs::write(seeds.join("count-block_count"), bytes).unwrap();
+        let mut bytes = vec![0u8; 4];
+        bytes.extend(tiny_gguf(1));
+        std::fs::write(seeds.join("tiny-llama"), bytes).unwrap();
+    }
 }
