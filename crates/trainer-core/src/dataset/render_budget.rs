@@ -29,9 +29,9 @@ use minijinja::{Environment, Error as JinjaError, ErrorKind, State};
 use super::template_guard::CHECKED;
 
 /// Fuel for an empty conversation.
-const FUEL_BASE: u64 = 200_000;
+const FUEL_BASE: u64 = 100_000;
 /// Fuel per byte of conversation text.
-const FUEL_PER_BYTE: u64 = 100;
+const FUEL_PER_BYTE: u64 = 50;
 /// What literal text may add to captured blocks in one render: the fuel is at most this over the longest literal.
 const CAPTURE_BYTES: u64 = 256 << 20;
 /// Output for an empty conversation.
@@ -151,15 +151,20 @@ fn value_limit() -> usize {
 
 /// Refuses `bytes` over the value limit and adds them to the bytes built.
 fn admit(bytes: usize) -> Result<(), JinjaError> {
+    meter(bytes, true)
+}
+
+/// Adds `bytes` to the bytes built; `one_value`: they are one new value, refused over the value limit.
+fn meter(bytes: usize, one_value: bool) -> Result<(), JinjaError> {
     let verdict = METER.with(|m| {
         let mut m = m.borrow_mut();
         let Some(m) = m.as_mut() else {
             return Some(Exceeded::Built);
         };
-        if bytes > m.value {
+        if one_value && bytes > m.value {
             return Some(Exceeded::Value(bytes));
         }
-        m.largest = m.largest.max(bytes);
+        m.largest = m.largest.max(if one_value { bytes } else { 0 });
         m.built = m.built.saturating_add(bytes);
         (m.built > m.built_limit).then_some(Exceeded::Built)
     });
@@ -346,6 +351,9 @@ fn guarded(
     args: &[Value],
     run: impl FnOnce() -> Result<Value, JinjaError>,
 ) -> Result<Value, JinjaError> {
+    // A filter or method works through its string arguments: that work counts as built, so that a loop cannot
+    // scan a large string without end (within the fuel) at no cost.
+    meter(args.iter().filter_map(Value::as_str).map(str::len).sum(), false)?;
     if !matches!(how, Grows::No) {
         let est = estimate(how, args);
         if est > value_limit() {
