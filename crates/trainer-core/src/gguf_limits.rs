@@ -65,6 +65,13 @@ fn check_counts(ct: &Content, file_size: u64) -> std::result::Result<(), String>
     let md = &ct.metadata;
     for (name, info) in &ct.tensor_infos {
         let dims = info.shape.dims();
+        if dims.contains(&0) {
+            // No model has an empty tensor, and candle reads one through a misaligned slice (undefined
+            // behaviour, caught by debug assertions: fuzzing finding 8).
+            return Err(format!(
+                "tensor `{name}` declares shape {dims:?}, which holds no elements: the file is damaged"
+            ));
+        }
         let elems = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
         let block = info.ggml_dtype.block_size() as u64;
         let bytes = elems.and_then(|n| (n / block).checked_mul(info.ggml_dtype.type_size() as u64));
@@ -484,7 +491,8 @@ mod tests {
         let tensors: Vec<(String, QTensor)> = shapes
             .into_iter()
             .map(|(name, shape)| {
-                let t = Tensor::ones(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap();
+                let t =
+                    Tensor::ones(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap();
                 (name, QTensor::quantize(&t, GgmlDType::F32).unwrap())
             })
             .collect();
@@ -496,8 +504,9 @@ mod tests {
     }
 
     /// The inputs in `fuzz/seeds/gguf/` (each the 4-byte tag of the target's raw-bytes case, then a GGUF file),
-    /// among them the fuzzer's finding of a `block_count` of 69879750394594115 (it aborted the process in
-    /// `Vec::with_capacity`): each loads or fails with an error, and the huge counts name their key.
+    /// among them the fuzzer's findings: a `block_count` of 69879750394594115 (it aborted the process in
+    /// `Vec::with_capacity`) and a tensor with a dimension of 0 (read by candle through a misaligned slice):
+    /// each loads or fails with an error, and those two fail naming the key or the empty tensor.
     #[test]
     fn the_gguf_fuzz_seeds_load_or_fail_cleanly() {
         let ok = std::env::temp_dir().join(format!("gguf-tiny-{}.gguf", std::process::id()));
@@ -509,15 +518,26 @@ mod tests {
             let p = e.unwrap().path();
             let bytes = std::fs::read(&p).unwrap();
             std::fs::write(&ok, &bytes[4.min(bytes.len())..]).unwrap();
-            if let Err(e) = crate::Model::load(&ok, &candle_core::Device::Cpu) {
-                let name = p.file_name().unwrap().to_string_lossy().to_string();
-                if let Some(key) = name.strip_prefix("count-") {
-                    assert!(e.to_string().contains(&format!("`llama.{key}`")), "{name}: {e}");
-                    named += 1;
-                }
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let res = crate::Model::load(&ok, &candle_core::Device::Cpu);
+            if let Some(key) = name.strip_prefix("count-") {
+                let e = res.err().unwrap_or_else(|| panic!("{name} loaded"));
+                assert!(
+                    e.to_string().contains(&format!("`llama.{key}`")),
+                    "{name}: {e}"
+                );
+                named += 1;
+            } else if name.starts_with("empty-tensor") {
+                let e = res.err().unwrap_or_else(|| panic!("{name} loaded"));
+                assert!(e.to_string().contains("holds no elements"), "{name}: {e}");
+                named += 1;
             }
         }
-        assert!(named >= 1, "no count seed in {}", seeds.display());
+        assert!(
+            named >= 2,
+            "the count and empty-tensor seeds are missing from {}",
+            seeds.display()
+        );
     }
 
     #[test]

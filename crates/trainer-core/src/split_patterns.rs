@@ -8,6 +8,7 @@
 //! digits, spaces, newlines, punctuation and the pattern's own characters, each followed by a character that
 //! breaks the run, the classic trigger) with the same engine and limit; one that hits the limit is refused,
 //! naming the file and the pattern. A probe is no proof: a pattern built to fail only on some rarer text passes.
+//! A `Replace` pattern that matches the empty string is refused too: tokenizers panics applying it.
 
 use std::path::Path;
 
@@ -21,21 +22,33 @@ const ATOMS: [&str; 10] = ["a", "A", "1", " ", "\n", "\t", ".", "é", "中", "'"
 /// Length of each probe run, in repetitions.
 const RUN: usize = 2048;
 
-/// Every `Split` or `Replace` regex of a tokenizer.json document (pre-tokenizer, normalizer, nested sequences).
-fn patterns(doc: &Value) -> Vec<String> {
+/// A pattern of a tokenizer.json document.
+struct Pattern {
+    /// `Replace` (a normalizer) rather than `Split` (a pre-tokenizer).
+    replace: bool,
+    /// A regex, or a plain string (`{"String": ...}`).
+    regex: bool,
+    text: String,
+}
+
+/// Every `Split` or `Replace` pattern of a tokenizer.json document (pre-tokenizer, normalizer, nested
+/// sequences).
+fn patterns(doc: &Value) -> Vec<Pattern> {
     let mut out = Vec::new();
     let mut todo = vec![doc];
     while let Some(v) = todo.pop() {
         match v {
             Value::Object(m) => {
                 let kind = m.get("type").and_then(Value::as_str);
-                if matches!(kind, Some("Split" | "Replace")) {
-                    if let Some(p) = m
-                        .get("pattern")
-                        .and_then(|p| p.get("Regex"))
-                        .and_then(Value::as_str)
-                    {
-                        out.push(p.to_string());
+                if let (Some(k @ ("Split" | "Replace")), Some(p)) = (kind, m.get("pattern")) {
+                    for (regex, key) in [(true, "Regex"), (false, "String")] {
+                        if let Some(t) = p.get(key).and_then(Value::as_str) {
+                            out.push(Pattern {
+                                replace: k == "Replace",
+                                regex,
+                                text: t.to_string(),
+                            });
+                        }
                     }
                 }
                 // The vocabulary and merges hold no patterns and are large.
@@ -76,22 +89,46 @@ fn probes(pattern: &str) -> Vec<String> {
 /// Probes every split pattern of `doc` (the text of `path`); the error names the file and the pattern.
 pub(crate) fn check(doc: &Value, path: &Path) -> Result<()> {
     for p in patterns(doc) {
+        let refuse = |why: String| {
+            Err(Error::model(
+                path,
+                format!("{why}: fix the pattern, or use the model's GGUF file"),
+            ))
+        };
+        // A `Replace` whose pattern matches the empty string would insert its content between every two
+        // characters, and the tokenizers library panics applying it (index out of bounds; fuzzing finding 9).
+        if p.replace && !p.regex && p.text.is_empty() {
+            return refuse("the tokenizer's Replace normalizer pattern is the empty string".into());
+        }
+        if !p.regex {
+            continue;
+        }
         // A pattern fancy-regex cannot compile is reported by the tokenizers crate itself.
-        let Ok(re) = fancy_regex::Regex::new(&p) else {
+        let Ok(re) = fancy_regex::Regex::new(&p.text) else {
             continue;
         };
-        for text in probes(&p) {
-            if let Some(Err(e)) = re.find_iter(&text).find(|m| m.is_err()) {
-                let shown: String = text.chars().take(12).collect();
-                return Err(Error::model(
-                    path,
-                    format!(
-                        "the tokenizer's split pattern {p:?} fails on a probe text ({shown:?}... of {} bytes): \
-                         {e}; the tokenizers library would then stop splitting silently and tokenize the rest \
-                         of the text unlike the model's training: fix the pattern, or use the model's GGUF file",
-                        text.len()
-                    ),
-                ));
+        for text in std::iter::once(String::new()).chain(probes(&p.text)) {
+            for m in re.find_iter(&text) {
+                match m {
+                    Err(e) => {
+                        let shown: String = text.chars().take(12).collect();
+                        return refuse(format!(
+                            "the tokenizer's split pattern {:?} fails on a probe text ({shown:?}... of {} \
+                             bytes): {e}; the tokenizers library would then stop splitting silently and tokenize \
+                             the rest of the text unlike the model's training",
+                            p.text,
+                            text.len()
+                        ));
+                    }
+                    Ok(m) if p.replace && m.start() == m.end() => {
+                        return refuse(format!(
+                            "the tokenizer's Replace normalizer pattern {:?} matches the empty string, which \
+                             the tokenizers library cannot apply",
+                            p.text
+                        ));
+                    }
+                    Ok(_) => {}
+                }
             }
         }
     }
@@ -115,9 +152,42 @@ mod tests {
         let mut d = doc("x+");
         d["normalizer"] =
             serde_json::json!({"type": "Replace", "pattern": {"Regex": "y"}, "content": ""});
-        let mut p = patterns(&d);
+        let mut p: Vec<(bool, bool, String)> = patterns(&d)
+            .into_iter()
+            .map(|p| (p.replace, p.regex, p.text))
+            .collect();
         p.sort();
-        assert_eq!(p, ["x+", "y"]);
+        assert_eq!(
+            p,
+            [
+                (false, true, "x+".to_string()),
+                (true, true, "y".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_replace_that_matches_the_empty_string_is_refused() {
+        // The fuzzer's finding: tokenizers panics applying it (index out of bounds).
+        for pattern in [
+            serde_json::json!({"Regex": ""}),
+            serde_json::json!({"Regex": "x*"}),
+            serde_json::json!({"Regex": "(?=a)"}),
+            serde_json::json!({"String": ""}),
+        ] {
+            let mut d = doc(" ");
+            d["normalizer"] =
+                serde_json::json!({"type": "Replace", "pattern": pattern, "content": " "});
+            let e = check(&d, Path::new("m/tokenizer.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("m/tokenizer.json") && e.contains("empty string"),
+                "{pattern}: {e}"
+            );
+        }
+        // A Split may match the empty string.
+        check(&doc("x*"), Path::new("t.json")).unwrap();
     }
 
     #[test]

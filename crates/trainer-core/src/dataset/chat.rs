@@ -294,9 +294,12 @@ fn exceeded(what: Exceeded, l: &RenderLimits) -> String {
         ),
         Exceeded::Fuel => format!("ran more than {} instructions", l.fuel),
         Exceeded::Output => format!("wrote more than {} bytes of text", l.output),
-        Exceeded::Value(n) => format!(
-            "built a value of {} bytes (or one that holds itself), over the limit of {} bytes",
-            if n > l.output { n.to_string() } else { format!("more than {}", l.output) },
+        Exceeded::Value(Some(n)) => format!(
+            "built a value of {n} bytes, over the limit of {} bytes for one value",
+            l.output
+        ),
+        Exceeded::Value(None) => format!(
+            "built a value of more than {} bytes (the limit for one value), or one nested without end",
             l.output
         ),
         Exceeded::Built => format!("built more than {} bytes in all", l.built),

@@ -93,8 +93,9 @@ pub(super) enum Exceeded {
     Fuel,
     /// The rendered text reached the output limit.
     Output,
-    /// One value of at least this many bytes (or nested without end).
-    Value(usize),
+    /// One value over the value limit: of this many bytes when known (an estimate made before a filter runs),
+    /// else only known to be larger (or nested without end).
+    Value(Option<usize>),
     /// The bytes built in all.
     Built,
     /// A namespace attribute set to a value holding the namespace (a value without end when written out).
@@ -162,7 +163,7 @@ fn meter(bytes: usize, one_value: bool) -> Result<(), JinjaError> {
             return Some(Exceeded::Built);
         };
         if one_value && bytes > m.value {
-            return Some(Exceeded::Value(bytes));
+            return Some(Exceeded::Value(Some(bytes)));
         }
         m.largest = m.largest.max(if one_value { bytes } else { 0 });
         m.built = m.built.saturating_add(bytes);
@@ -220,14 +221,15 @@ fn check_made(v: &Value) -> Result<(), JinjaError> {
     let limit = value_limit();
     match size_within(v, limit, None) {
         Some(n) => admit(n),
-        None => Err(over(Exceeded::Value(limit.saturating_add(1)))),
+        None => Err(over(Exceeded::Value(None))),
     }
 }
 
-/// The size of an argument as text (its length for a string, its size otherwise).
+/// The size of an argument as text (its length for a string, its size otherwise; `usize::MAX` when over the
+/// value limit, so that the walk stays short).
 fn text_size(v: &Value) -> usize {
     v.as_str().map_or_else(
-        || size_within(v, usize::MAX, None).unwrap_or(usize::MAX),
+        || size_within(v, value_limit(), None).unwrap_or(usize::MAX),
         str::len,
     )
 }
@@ -353,11 +355,14 @@ fn guarded(
 ) -> Result<Value, JinjaError> {
     // A filter or method works through its string arguments: that work counts as built, so that a loop cannot
     // scan a large string without end (within the fuel) at no cost.
-    meter(args.iter().filter_map(Value::as_str).map(str::len).sum(), false)?;
+    meter(
+        args.iter().filter_map(Value::as_str).map(str::len).sum(),
+        false,
+    )?;
     if !matches!(how, Grows::No) {
         let est = estimate(how, args);
         if est > value_limit() {
-            return Err(over(Exceeded::Value(est)));
+            return Err(over(Exceeded::Value(Some(est))));
         }
     }
     let v = run()?;
@@ -459,7 +464,7 @@ pub(super) fn install(env: &mut Environment<'static>) {
         |target: Value, v: Value| -> Result<Value, JinjaError> {
             let limit = value_limit();
             if size_within(&v, limit, None).is_none() {
-                return Err(over(Exceeded::Value(limit.saturating_add(1))));
+                return Err(over(Exceeded::Value(None)));
             }
             if size_within(&v, limit, Some(&target)).is_none() {
                 return Err(over(Exceeded::Cycle));
