@@ -76,7 +76,10 @@ fn chat_template_bombs_end_in_a_render_limit() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(name), "{err}");
         if needle != "recursion limit" {
-            assert!(err.contains("record 1") && err.contains("--chat-template"), "{err}");
+            assert!(
+                err.contains("record 1") && err.contains("--chat-template"),
+                "{err}"
+            );
         }
     }
 }
@@ -123,7 +126,11 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> u32 {
         Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::Array(items) => {
             let mut body = Vec::new();
-            let ty = items.iter().map(|i| put_value(&mut body, i)).last().unwrap_or(0);
+            let ty = items
+                .iter()
+                .map(|i| put_value(&mut body, i))
+                .last()
+                .unwrap_or(0);
             out.extend_from_slice(&ty.to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             out.extend_from_slice(&body);
@@ -152,7 +159,8 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> u32 {
 pub fn gguf_copy(to: &Path, set: &[(&str, Value)], shapes: &[(&str, Vec<usize>)]) {
     let mut f = fs::File::open(model()).unwrap();
     let ct = Content::read(&mut f).unwrap();
-    let mut md: BTreeMap<String, &Value> = ct.metadata.iter().map(|(k, v)| (k.clone(), v)).collect();
+    let mut md: BTreeMap<String, &Value> =
+        ct.metadata.iter().map(|(k, v)| (k.clone(), v)).collect();
     for (k, v) in set {
         md.insert(k.to_string(), v);
     }
@@ -189,11 +197,20 @@ pub fn gguf_copy(to: &Path, set: &[(&str, Value)], shapes: &[(&str, Vec<usize>)]
     let data = fs::read(model()).unwrap();
     let mut w = fs::File::create(to).unwrap();
     w.write_all(&out).unwrap();
-    w.write_all(&data[ct.tensor_data_offset as usize..]).unwrap();
+    w.write_all(&data[ct.tensor_data_offset as usize..])
+        .unwrap();
 }
 
-/// The GGUF cases: (file name, metadata set, tensor shapes set, what the error says).
-pub fn gguf_cases() -> Vec<(&'static str, Vec<(&'static str, Value)>, Vec<(&'static str, Vec<usize>)>, &'static str)> {
+/// A GGUF case: (file name, metadata keys set, tensor shapes set, what the error says).
+pub type GgufCase = (
+    &'static str,
+    Vec<(&'static str, Value)>,
+    Vec<(&'static str, Vec<usize>)>,
+    &'static str,
+);
+
+/// The GGUF cases.
+pub fn gguf_cases() -> Vec<GgufCase> {
     let doubling = BOMBS[1].1.to_string();
     vec![
         (
@@ -245,8 +262,15 @@ fn gguf_copies_with_a_template_bomb_or_absurd_counts_name_the_key() {
     let same = d.join("same.gguf");
     gguf_copy(&same, &[], &[]);
     let out = check(&same, &d, None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = String::from_utf8_lossy(&out.stdout);
-    assert!(out.contains("renders:        3 chat-template renders"), "{out}");
+    assert!(
+        out.contains("renders:        3 chat-template renders"),
+        "{out}"
+    );
     fs::remove_file(&same).unwrap();
 }

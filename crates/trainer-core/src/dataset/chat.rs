@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::records::Record;
 use super::render_budget::{self, Exceeded, Failure, RenderLimits};
+use super::render_filters;
 use super::sharegpt;
 use super::template_guard;
 use crate::error::{Error, Result};
@@ -154,7 +155,7 @@ fn keys(m: &Map<String, Value>) -> String {
 /// a hostile or broken template ends in an error naming the limit instead of running for ever or exhausting
 /// memory.
 pub struct ChatTemplate {
-    env: Mutex<Environment<'static>>,
+    env: Box<Mutex<Environment<'static>>>,
     origin: PathBuf,
     bos_token: String,
     eos_token: String,
@@ -186,7 +187,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        render_budget::install(&mut env);
+        render_filters::install(&mut env);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -197,7 +198,7 @@ impl ChatTemplate {
             Error::dataset(origin, format!("not a valid chat template: {}", detail(&e)))
         })?;
         Ok(Self {
-            env: Mutex::new(env),
+            env: Box::new(Mutex::new(env)),
             origin: origin.to_path_buf(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),

@@ -13,6 +13,7 @@ mod encode;
 mod format;
 mod records;
 mod render_budget;
+mod render_filters;
 pub mod select;
 mod sharegpt;
 mod template_guard;

@@ -14,7 +14,7 @@ use minijinja::machinery::{parse, WhitespaceConfig};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::ValueKind;
 
-use super::render_budget::ATTR;
+use super::render_filters::ATTR;
 
 /// The function every `~`, `+` and `*` is wrapped in. A template that names it is refused: it could redefine it.
 pub(super) const CHECKED: &str = "__trainer_checked";
@@ -53,7 +53,7 @@ pub(super) fn guard(source: &str) -> Result<Guarded, String> {
         trim_blocks: true,
     };
     // A template that does not parse is left to the compiler, whose error names the line.
-    let Ok(tree) = parse(source, "chat_template", SyntaxConfig::default(), ws) else {
+    let Ok(tree) = parse(source, "chat_template", SyntaxConfig, ws) else {
         return Ok(Guarded {
             source: source.to_string(),
             longest_literal: 0,
@@ -80,7 +80,8 @@ pub(super) fn guard(source: &str) -> Result<Guarded, String> {
 fn rewrite(source: &str, wraps: &[Wrap]) -> String {
     use std::cmp::Reverse;
     // (offset, closes before opens, ordering among opens / closes, index)
-    let mut events: Vec<(usize, u8, (Reverse<usize>, Reverse<usize>), usize)> = Vec::new();
+    type Event = (usize, u8, (Reverse<usize>, Reverse<usize>), usize);
+    let mut events: Vec<Event> = Vec::new();
     for (i, w) in wraps.iter().enumerate() {
         events.push((w.start, 1, (Reverse(w.end), Reverse(usize::MAX - i)), i));
         events.push((w.end, 0, (Reverse(w.start), Reverse(i)), i));
