@@ -108,7 +108,7 @@ fn resolve_settings(args: &TrainArgs) -> Result<Settings> {
 
 /// Reads the data (before the slower model load, so a bad file fails fast), loads the model, encodes and plans.
 fn prepare(s: &Settings, quiet: bool) -> Result<Prepared> {
-    let files = DataFiles::read(s.data_sources(), s.data_options())?;
+    let files = DataFiles::read(s.data_sources()?, s.data_options())?;
     let t0 = Instant::now();
     let model = load_model(&s.model)?;
     if !quiet {

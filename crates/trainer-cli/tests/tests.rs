@@ -7,6 +7,7 @@ mod faults;
 mod guide;
 mod hostile;
 mod hostile_files;
+mod hostile_models;
 mod lock;
 mod real_model;
 mod self_contained;

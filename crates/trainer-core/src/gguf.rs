@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor};
 
 use crate::config::{ModelConfig, SUPPORTED_TYPES};
@@ -26,16 +26,8 @@ fn md_f64(md: &HashMap<String, Value>, key: &str) -> Option<f64> {
 pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
-    check_alignment(&mut reader, path)?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(path, e))?;
-    let ct = Content::read(&mut reader).map_err(|e| {
-        Error::model(
-            path,
-            format!("not a readable GGUF file (or it uses a tensor type candle cannot read): {e}"),
-        )
-    })?;
+    // Every count the header declares is checked before it sizes anything (gguf_limits.rs).
+    let ct = crate::gguf_limits::read_content(&mut reader, path)?;
     let md = &ct.metadata;
     let arch = md
         .get("general.architecture")
@@ -199,162 +191,4 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         special,
         chat_template: template,
     })
-}
-
-/// GGUF metadata value types (the GGUF specification's numbering).
-const GGUF_STRING: u32 = 8;
-const GGUF_ARRAY: u32 = 9;
-
-/// Refuses a GGUF file whose `general.alignment` is 0 before candle reads it: candle's reader
-/// divides by that value. Walks the metadata the way the reader does; anything else that is
-/// malformed (a short file, a bad type, a length past the end) is left to the reader, which
-/// reports it as an error.
-fn check_alignment(reader: &mut (impl Read + Seek), path: &Path) -> Result<()> {
-    match find_alignment(reader) {
-        Ok(Some(0)) => Err(Error::model(
-            path,
-            "metadata `general.alignment` is 0: the file is damaged (GGUF needs an alignment of at least 1)",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The integer value of `general.alignment` when the header holds one of a type candle uses.
-fn find_alignment(r: &mut (impl Read + Seek)) -> std::io::Result<Option<u64>> {
-    let size = r.seek(SeekFrom::End(0))?;
-    r.seek(SeekFrom::Start(0))?;
-    let magic = read_u32(r)?;
-    let version = read_u32(r)?;
-    if magic != 0x4655_4747 || !(1..=3).contains(&version) {
-        return Ok(None);
-    }
-    let wide = version >= 2;
-    let _tensors = read_len(r, wide)?;
-    let kvs = read_len(r, wide)?;
-    for _ in 0..kvs {
-        let key_len = read_len(r, wide)?;
-        if key_len > size {
-            return Ok(None);
-        }
-        let mut key = vec![0u8; key_len as usize];
-        r.read_exact(&mut key)?;
-        let ty = read_u32(r)?;
-        if key == b"general.alignment" {
-            let v = match ty {
-                0 => u64::from(read_n::<1>(r)?[0]),
-                1 => i8::from_le_bytes(read_n::<1>(r)?) as u64,
-                2 => u64::from(u16::from_le_bytes(read_n::<2>(r)?)),
-                3 => i16::from_le_bytes(read_n::<2>(r)?) as u64,
-                4 => u64::from(read_u32(r)?),
-                5 => i32::from_le_bytes(read_n::<4>(r)?) as u64,
-                _ => return Ok(None),
-            };
-            return Ok(Some(v));
-        }
-        if !skip_value(r, ty, wide, size, 0)? {
-            return Ok(None);
-        }
-    }
-    Ok(None)
-}
-
-/// Skips one metadata value; false when it cannot be walked (left to candle's reader).
-fn skip_value(
-    r: &mut (impl Read + Seek),
-    ty: u32,
-    wide: bool,
-    size: u64,
-    depth: u32,
-) -> std::io::Result<bool> {
-    let fixed = match ty {
-        0 | 1 | 7 => 1,
-        2..=3 => 2,
-        4..=6 => 4,
-        10..=12 => 8,
-        GGUF_STRING => {
-            let n = read_len(r, wide)?;
-            return seek_by(r, n, size);
-        }
-        GGUF_ARRAY if depth < 4 => {
-            let elem = read_u32(r)?;
-            let n = read_len(r, wide)?;
-            if n > size {
-                return Ok(false);
-            }
-            for _ in 0..n {
-                if !skip_value(r, elem, wide, size, depth + 1)? {
-                    return Ok(false);
-                }
-            }
-            return Ok(true);
-        }
-        _ => return Ok(false),
-    };
-    seek_by(r, fixed, size)
-}
-
-fn seek_by(r: &mut (impl Read + Seek), n: u64, size: u64) -> std::io::Result<bool> {
-    let pos = r.stream_position()?;
-    match pos.checked_add(n) {
-        Some(end) if end <= size => {
-            r.seek(SeekFrom::Start(end))?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-fn read_n<const N: usize>(r: &mut impl Read) -> std::io::Result<[u8; N]> {
-    let mut b = [0u8; N];
-    r.read_exact(&mut b)?;
-    Ok(b)
-}
-
-fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
-    Ok(u32::from_le_bytes(read_n::<4>(r)?))
-}
-
-fn read_len(r: &mut impl Read, wide: bool) -> std::io::Result<u64> {
-    if wide {
-        Ok(u64::from_le_bytes(read_n::<8>(r)?))
-    } else {
-        Ok(u64::from(read_u32(r)?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::gguf_file;
-
-    fn gguf(md: &[(&str, &Value)]) -> std::io::Cursor<Vec<u8>> {
-        let mut c = std::io::Cursor::new(Vec::new());
-        gguf_file::write(&mut c, md, &[]).unwrap();
-        c.set_position(0);
-        c
-    }
-
-    #[test]
-    fn a_zero_alignment_is_refused_before_candle_divides_by_it() {
-        let arr = Value::Array(vec![Value::String("a b".into()), Value::String("c".into())]);
-        let name = Value::String("x".into());
-        for zero in [Value::U8(0), Value::U16(0), Value::U32(0), Value::I32(0)] {
-            let mut f = gguf(&[
-                ("general.name", &name),
-                ("t", &arr),
-                ("general.alignment", &zero),
-            ]);
-            let err = check_alignment(&mut f, Path::new("m.gguf")).unwrap_err();
-            assert!(err.to_string().contains("general.alignment"), "{err}");
-        }
-        for fine in [Value::U32(32), Value::U64(0), Value::I32(-1)] {
-            let mut f = gguf(&[("t", &arr), ("general.alignment", &fine)]);
-            check_alignment(&mut f, Path::new("m.gguf")).unwrap();
-            f.set_position(0);
-            Content::read(&mut f).unwrap();
-        }
-        // Damaged headers are left to candle's reader.
-        let mut short = std::io::Cursor::new(b"GGUF\x03\x00".to_vec());
-        check_alignment(&mut short, Path::new("m.gguf")).unwrap();
-    }
 }

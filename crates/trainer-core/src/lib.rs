@@ -72,6 +72,7 @@ mod evaluate;
 mod fused;
 mod fused_attention;
 mod gguf;
+mod gguf_limits;
 mod gguf_write;
 mod hf;
 mod io;
@@ -83,6 +84,7 @@ mod ops;
 mod optim;
 mod quant;
 mod rng;
+mod split_patterns;
 pub mod synthetic;
 #[cfg(test)]
 mod test_util;

@@ -14,8 +14,11 @@ mod format;
 #[cfg(test)]
 mod label_rule_tests;
 mod records;
+mod render_budget;
+mod render_filters;
 pub mod select;
 mod sharegpt;
+mod template_guard;
 
 use std::path::Path;
 
@@ -27,6 +30,7 @@ pub use encode::{
 };
 pub use format::Format;
 pub use records::{parse_records, read_records, Record};
+pub use render_budget::RenderLimits;
 
 use crate::error::{Error, Result};
 use crate::tokenizer::SpecialTokens;
@@ -115,6 +119,11 @@ pub struct DatasetReport {
     pub tokens: usize,
     /// Learned (scored) tokens in the kept samples.
     pub learned: usize,
+    /// Chat-template renders, all records together (one per conversation, plus two per learned assistant turn
+    /// with `TrainOn::Responses`); 0 for instruction data.
+    pub renders: usize,
+    /// The most renders one record needed.
+    pub most_renders: usize,
 }
 
 /// Encoded samples and the record number (1-based) each came from.
@@ -164,9 +173,10 @@ pub fn labeled_text(
         DatasetKind::Chat { template, train_on } => {
             let messages = messages_of(rec, dataset)?;
             let wrap = |e: Error| match e {
-                Error::Dataset { path, message } => {
-                    Error::dataset(path, format!("{}: {message}", rec.location()))
-                }
+                Error::Dataset { path, message } => Error::dataset(
+                    path,
+                    format!("{} of {}: {message}", rec.location(), dataset.display()),
+                ),
                 other => other,
             };
             let (text, learn) = match train_on {
@@ -208,8 +218,16 @@ pub fn encode_dataset(
         ..EncodedDataset::default()
     };
     let r = &mut out.report;
+    let renders = || match kind {
+        DatasetKind::Chat { template, .. } => template.renders(),
+        DatasetKind::Format { .. } => 0,
+    };
     for rec in records {
+        let before = renders();
         let (text, found) = labeled_text(rec, kind, opts, dataset)?;
+        let n = renders() - before;
+        r.renders += n;
+        r.most_renders = r.most_renders.max(n);
         if !found {
             r.marker_missing += 1;
         }

@@ -35,6 +35,9 @@ pub struct DataSources {
     pub format: Option<PathBuf>,
     /// A chat template file for a chat dataset, instead of the model's own.
     pub chat_template: Option<PathBuf>,
+    /// Multiplies every chat-template render limit (`None`: 1, the defaults; docs/datasets.md, "Render
+    /// limits"). Only for a real template that needs more than the limits sized from its conversations allow.
+    pub template_limits: Option<u64>,
 }
 
 /// How the data becomes samples. Every field is part of what a resume must keep (the samples it gives are
@@ -339,8 +342,11 @@ impl TrainingData {
                 };
                 let name =
                     |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
-                let template =
+                let mut template =
                     ChatTemplate::new(&src, &origin, &name(special.bos), &name(special.eos))?;
+                if let Some(factor) = sources.template_limits {
+                    template.scale_limits(factor);
+                }
                 Some(DatasetKind::Chat {
                     template,
                     train_on: o.train_on,

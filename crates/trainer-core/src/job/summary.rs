@@ -54,6 +54,14 @@ pub fn report_text(r: &DatasetReport, cutoff: usize) -> String {
         r.eliminated,
         r.nothing_to_learn
     );
+    if r.renders > 0 {
+        let _ = write!(
+            out,
+            "\nrenders:        {} chat-template renders ({} records x up to {} each: one per conversation, \
+             two more per learned assistant turn)",
+            r.renders, r.records, r.most_renders
+        );
+    }
     if r.marker_missing > 0 {
         let _ = write!(
             out,
