@@ -214,7 +214,8 @@ impl<'m> JobBuilder<'m> {
             ),
             Some(dir) => {
                 let state = RunState::load(dir)?;
-                if state.data_fingerprint != fingerprint && state.label_mask_rule < LABEL_MASK_RULE {
+                if state.data_fingerprint != fingerprint && state.label_mask_rule < LABEL_MASK_RULE
+                {
                     return Err(Error::resume(
                         dir,
                         format!(
