@@ -585,6 +585,25 @@ impl Settings {
     }
 }
 
+/// The environment variable that multiplies every chat-template render limit (docs/datasets.md, "Render
+/// limits").
+pub const TEMPLATE_LIMITS_VAR: &str = "TRAINER_TEMPLATE_LIMITS";
+
+/// The factor of [`TEMPLATE_LIMITS_VAR`]: `None` when unset.
+fn template_limit_scale() -> anyhow::Result<Option<u64>> {
+    match std::env::var(TEMPLATE_LIMITS_VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => Ok(Some(n)),
+            _ => anyhow::bail!(
+                "{TEMPLATE_LIMITS_VAR}={v:?} is not a whole number from 1 to 1000000: it multiplies every \
+                 chat-template render limit (e.g. 4); unset it for the defaults"
+            ),
+        },
+        Err(e) => anyhow::bail!("{TEMPLATE_LIMITS_VAR} cannot be read: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,24 +716,5 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["rank", "alpha", "dropout"]);
-    }
-}
-
-/// The environment variable that multiplies every chat-template render limit (docs/datasets.md, "Render
-/// limits").
-pub const TEMPLATE_LIMITS_VAR: &str = "TRAINER_TEMPLATE_LIMITS";
-
-/// The factor of [`TEMPLATE_LIMITS_VAR`]: `None` when unset.
-fn template_limit_scale() -> anyhow::Result<Option<u64>> {
-    match std::env::var(TEMPLATE_LIMITS_VAR) {
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(n) if (1..=1_000_000).contains(&n) => Ok(Some(n)),
-            _ => anyhow::bail!(
-                "{TEMPLATE_LIMITS_VAR}={v:?} is not a whole number from 1 to 1000000: it multiplies every \
-                 chat-template render limit (e.g. 4); unset it for the defaults"
-            ),
-        },
-        Err(e) => anyhow::bail!("{TEMPLATE_LIMITS_VAR} cannot be read: {e}"),
     }
 }
