@@ -73,6 +73,7 @@ mod fused;
 mod fused_attention;
 mod gguf;
 mod gguf_limits;
+mod gguf_lora;
 mod gguf_write;
 mod hf;
 mod io;
