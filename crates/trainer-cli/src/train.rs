@@ -216,6 +216,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         }
     }
     let p = prepare(&settings, false)?;
+    let formats = settings.adapter_formats.0.resolve(&p.model, &p.lora)?;
+    if let Some(warning) = &formats.warning {
+        eprintln!("warning: {warning}");
+    }
     dump_if_asked(&p, args.dump_dataset.as_deref())?;
     if args.dry_run {
         dry_run(&settings, &p, args.show_blocks)?;
@@ -235,7 +239,11 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         plan,
     } = p;
     let steps = plan.steps.clone();
-    let mut builder = Job::builder(&model, data, DirStore::new(&output))
+    let mut out_store = DirStore::new(&output);
+    if let Some(base) = formats.gguf {
+        out_store = out_store.with_gguf_copies(base);
+    }
+    let mut builder = Job::builder(&model, data, out_store)
         .lora(lora)
         .train_config(settings.train_config())
         .checkpoints(settings.policy_settings(&steps))
@@ -295,6 +303,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
 pub fn check(args: &TrainArgs) -> Result<ExitCode> {
     let s = resolve_settings(args)?;
     let p = prepare(&s, true)?;
+    if let Some(warning) = s.adapter_formats.0.resolve(&p.model, &p.lora)?.warning {
+        eprintln!("warning: {warning}");
+    }
     dump_if_asked(&p, args.dump_dataset.as_deref())?;
     println!("{}", p.data.summary_text(s.eval_every()));
     println!("{}", p.plan.text());

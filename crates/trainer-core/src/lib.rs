@@ -96,6 +96,7 @@ pub use adapter::{Adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use evaluate::{evaluate, EvalStats};
+pub use gguf_lora::{GgufBase, ADAPTER_GGUF_FILE};
 pub use model::Model;
 pub use optim::AdamWParams;
 pub use tokenizer::SpecialTokens;

@@ -28,6 +28,7 @@
 
 mod control;
 mod data;
+mod formats;
 mod log;
 mod observer;
 mod order;
@@ -47,6 +48,7 @@ pub use control::{Change, ControlCommand, ControlFile, ControlSource, CHANGEABLE
 pub use data::{
     encode_blocks, DataFiles, DataNote, DataOptions, DataSources, Hybrid, Origin, TrainingData,
 };
+pub use formats::{AdapterFormats, FormatChoice};
 pub use observer::{
     ControlOutcome, End, Flow, Interrupter, Observer, Report, Saved, Silent, Start,
 };
