@@ -4,6 +4,7 @@ mod common;
 mod datasets;
 mod errors;
 mod faults;
+mod gguf_adapters;
 mod guide;
 mod hostile;
 mod hostile_files;

@@ -10,8 +10,12 @@ use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use lora_targets::LoraSettings;
+use schedulers::Warmup;
+use trainer_core::job::{
+    AdapterFormats, DataOptions, DirStore, End, Job, PlanSettings, TrainingData, TrainingPlan,
+};
 use trainer_core::synthetic::{write_gguf, write_hf_dir, Shape, Spec, WeightType};
-use trainer_core::{Adapter, Model, ADAPTER_WEIGHTS_FILE};
+use trainer_core::{Adapter, GgufBase, Model, Sample, ADAPTER_GGUF_FILE, ADAPTER_WEIGHTS_FILE};
 
 use crate::common;
 
@@ -387,4 +391,164 @@ fn train_head_adapters_are_not_exported() {
     let e = a.save_gguf(&model, &out).unwrap_err().to_string();
     assert!(e.contains("lm_head") && e.contains("GGUF"), "{e}");
     assert!(!out.exists());
+}
+
+/// Every tensor of an adapter GGUF as (name, values), sorted, and its architecture.
+fn factors(path: &Path) -> (Vec<(String, Vec<f32>)>, String) {
+    let (t, md) = read_gguf(path);
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    (v, md["general.architecture"].to_string().unwrap().clone())
+}
+
+#[test]
+fn a_hugging_face_base_gives_the_file_its_gguf_gives() {
+    let dir = Scratch::new("hf");
+    for (shape, model_type, arch) in [
+        (Shape::TinyLlama, "llama", "llama"),
+        (Shape::TinyLlama, "mistral", "llama"),
+        (Shape::TinyQwen2, "qwen2", "qwen2"),
+    ] {
+        let mut spec = Spec::new(shape, WeightType::F32).with_seed(6);
+        spec.config.model_type = model_type.into();
+        let tag = format!("{}-{model_type}", shape.name());
+        let gguf = dir.0.join(format!("{tag}.gguf"));
+        write_gguf(&gguf, &spec).unwrap();
+        let hf = dir.0.join(format!("{tag}-hf"));
+        write_hf_dir(&hf, &spec, DType::F32).unwrap();
+        let g = Model::load(&gguf, &Device::Cpu).unwrap();
+        let h = Model::load(&hf, &Device::Cpu).unwrap();
+        assert_eq!(GgufBase::of(&h).unwrap().architecture(), arch);
+        let targets = ["q_proj", "k_proj", "o_proj", "down_proj"];
+        let peft_dir = dir.0.join(format!("{tag}-peft"));
+        peft_adapter(&g, &settings(4, 8.0, true, &targets), &peft_dir, 7);
+        let on_hf = Adapter::load(&peft_dir, &h).unwrap();
+        let on_gguf = Adapter::load(&peft_dir, &g).unwrap();
+        let (a, b) = (
+            dir.0.join(format!("{tag}-hf.gguf")),
+            dir.0.join(format!("{tag}-g.gguf")),
+        );
+        on_hf.save_gguf(&h, &a).unwrap();
+        on_gguf.save_gguf(&g, &b).unwrap();
+        let (fa, arch_a) = factors(&a);
+        let (fb, arch_b) = factors(&b);
+        // A GGUF base named `mistral` keeps its own name; the HF folder maps to llama.cpp's `llama`.
+        assert_eq!(arch_a, arch);
+        assert_eq!(arch_b, model_type);
+        assert_eq!(fa, fb, "{tag}: the same factors under the same names");
+        // The HF-base export loads back on the HF model with the PEFT logits.
+        let ids = ids(&h);
+        let back = Adapter::open(&a, &h).unwrap();
+        let d = common::max_abs_diff(
+            &h.logits(Some(&on_hf), &ids).unwrap(),
+            &h.logits(Some(&back), &ids).unwrap(),
+        );
+        assert!(d <= 1e-5, "{tag}: {d}");
+    }
+}
+
+#[test]
+fn adapter_formats_follow_the_base_and_train_head() {
+    let dir = Scratch::new("formats");
+    let spec = Spec::new(Shape::TinyLlama, WeightType::F32).with_layers(1);
+    let gguf = dir.0.join("base.gguf");
+    write_gguf(&gguf, &spec).unwrap();
+    let hf = dir.0.join("base-hf");
+    write_hf_dir(&hf, &spec, DType::F32).unwrap();
+    let g = Model::load(&gguf, &Device::Cpu).unwrap();
+    let h = Model::load(&hf, &Device::Cpu).unwrap();
+    let plain = settings(4, 8.0, false, &["q_proj"]);
+    let mut head = plain.clone();
+    head.modules_to_save = vec!["lm_head".into()];
+    let pick = |f: AdapterFormats, m: &Model, s: &LoraSettings| f.resolve(m, s);
+
+    let c = pick(AdapterFormats::Auto, &g, &plain).unwrap();
+    assert!(c.gguf.is_some() && c.warning.is_none());
+    let c = pick(AdapterFormats::Auto, &h, &plain).unwrap();
+    assert!(c.gguf.is_none() && c.warning.is_none());
+    let c = pick(AdapterFormats::Auto, &g, &head).unwrap();
+    assert!(c.gguf.is_none());
+    assert!(c.warning.unwrap().contains("train_head"));
+    let c = pick(AdapterFormats::PeftAndGguf, &h, &plain).unwrap();
+    assert_eq!(c.gguf.unwrap().architecture(), "llama");
+    assert!(pick(AdapterFormats::Peft, &g, &plain)
+        .unwrap()
+        .gguf
+        .is_none());
+    let e = pick(AdapterFormats::PeftAndGguf, &g, &head).unwrap_err();
+    assert!(
+        matches!(&e, trainer_core::Error::Setting { field, .. } if field == "adapter_formats"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_job_writes_a_gguf_copy_into_every_checkpoint_and_the_output() {
+    let dir = Scratch::new("job");
+    let base = dir.0.join("base.gguf");
+    write_gguf(
+        &base,
+        &Spec::new(Shape::TinyLlama, WeightType::F32).with_layers(1),
+    )
+    .unwrap();
+    let model = Model::load(&base, &Device::Cpu).unwrap();
+    let lora = settings(4, 8.0, false, &["q_proj", "k_proj", "v_proj"]);
+    let choice = AdapterFormats::Auto.resolve(&model, &lora).unwrap();
+    let out = dir.0.join("run");
+    let store = DirStore::new(&out).with_gguf_copies(choice.gguf.unwrap());
+    store.prepare_new(false).unwrap();
+    let sample = |i: u32| Sample::causal((0..24).map(|t| (t * 11 + i * 17) % 500).collect());
+    let data = TrainingData::from_samples(
+        (0..6).map(sample).collect(),
+        Vec::new(),
+        DataOptions::default(),
+    );
+    let plan = TrainingPlan::new(
+        PlanSettings {
+            batch_size: 2,
+            epochs: 2.0,
+            warmup: Warmup::Steps(1),
+            learning_rate: 1e-2,
+            ..PlanSettings::default()
+        },
+        6,
+    )
+    .unwrap();
+    let report = Job::builder(&model, data, store)
+        .lora(lora)
+        .plan(plan)
+        .checkpoints(checkpoint_policy::Settings {
+            save_each_epoch: true,
+            ..checkpoint_policy::Settings::default()
+        })
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(report.end, End::Finished);
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("checkpoint-")
+        })
+        .collect();
+    assert_eq!(folders.len(), 2, "{folders:?}");
+    folders.push(out.clone());
+    let ids: Vec<u32> = (0..16).map(|t| t * 5 % 500).collect();
+    for f in &folders {
+        let peft = Adapter::open(f, &model).unwrap();
+        let gguf = Adapter::open(&f.join(ADAPTER_GGUF_FILE), &model).unwrap();
+        let d = common::max_abs_diff(
+            &model.logits(Some(&peft), &ids).unwrap(),
+            &model.logits(Some(&gguf), &ids).unwrap(),
+        );
+        assert!(d <= 1e-5, "{}: {d}", f.display());
+    }
 }
