@@ -74,7 +74,7 @@ impl GgufBase {
     /// The base `model`: for a GGUF file its own `general.architecture`, and every linear tensor of the file is
     /// checked to be there with the shape the model has (the adapter's tensors are named after them); for a
     /// Hugging Face folder what llama.cpp's converter writes (`model_type` `llama` and `mistral` become
-    /// `llama`, `qwen2` stays `qwen2`; module names mapped as in [`GGUF_MODULES`]).
+    /// `llama`, `qwen2` stays `qwen2`; `q_proj` -> `attn_q`, ..., `down_proj` -> `ffn_down`, as docs/gguf-adapters.md lists).
     pub fn of(model: &Model) -> Result<Self> {
         let c = model.config();
         let ty = c.model_type.as_str();
