@@ -93,7 +93,7 @@ impl Adapter {
                 None => rank = Some((r, name.clone())),
                 Some((r0, first)) if *r0 != r => {
                     return Err(bad(format!(
-                        "rank {r}, but `{first}` has rank {r0}; adapters with one rank per module are not supported"
+                        "rank {r}, but `{first}` has rank {r0}; adapters whose factors have different ranks are not supported"
                     )))
                 }
                 Some(_) => {}
