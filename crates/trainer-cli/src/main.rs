@@ -11,6 +11,7 @@ mod eval;
 mod export_gguf;
 mod fsutil;
 mod generate;
+mod init_adapter;
 mod lock;
 mod model_files;
 mod observer;

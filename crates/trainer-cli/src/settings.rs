@@ -159,6 +159,8 @@ settings! {
         train_head: bool = false;
         /// Adapter formats of every checkpoint and the final adapter: auto (peft,gguf for a .gguf base, peft otherwise), peft, or peft,gguf (adds adapter_model.gguf for llama.cpp).
         adapter_formats: Named<AdapterFormats> = Named(AdapterFormats::Auto);
+        /// Start from this adapter's weights (a PEFT folder or a .gguf adapter; fresh optimizer, step 0); rank, alpha, rslora, targets and train_head are taken from it.
+        init_adapter: PathBuf = PathBuf::new();
         /// Micro-batch size (blocks per forward pass).
         batch_size: usize = 4;
         /// Gradient accumulation (micro-batches per optimizer step); lowered when the data is too small.

@@ -20,10 +20,10 @@ use trainer_core::{Adapter, GgufBase, Model, Sample, ADAPTER_GGUF_FILE, ADAPTER_
 use crate::common;
 
 /// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
+pub struct Scratch(pub PathBuf);
 
 impl Scratch {
-    fn new(tag: &str) -> Self {
+    pub fn new(tag: &str) -> Self {
         let p = std::env::temp_dir().join(format!(
             "trainer-core-gguf-lora-{tag}-{}",
             std::process::id()
@@ -54,7 +54,7 @@ fn settings(r: usize, alpha: f64, rslora: bool, targets: &[&str]) -> LoraSetting
 }
 
 /// A PEFT adapter folder for `model` with seeded non-zero B factors (a fresh adapter's B is 0), loaded back.
-fn peft_adapter(model: &Model, settings: &LoraSettings, dir: &Path, seed: u64) -> Adapter {
+pub fn peft_adapter(model: &Model, settings: &LoraSettings, dir: &Path, seed: u64) -> Adapter {
     Adapter::init(model, settings, seed)
         .unwrap()
         .save(dir, "base")

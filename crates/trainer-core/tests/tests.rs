@@ -18,3 +18,5 @@ mod synthetic;
 mod job;
 // llama.cpp LoRA adapter GGUF: export/import round trip, q/k row order, refusals.
 mod gguf_lora;
+// Starting a run from an existing adapter (PEFT or GGUF).
+mod init_adapter;
