@@ -9,6 +9,7 @@ mod guide;
 mod hostile;
 mod hostile_files;
 mod hostile_models;
+mod init_adapter;
 mod lock;
 mod real_model;
 mod self_contained;
