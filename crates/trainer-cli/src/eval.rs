@@ -22,7 +22,7 @@ pub struct EvalArgs {
     /// Model: a Hugging Face folder or a .gguf file.
     #[arg(long, required_unless_present = "table")]
     pub model: Option<PathBuf>,
-    /// A PEFT adapter folder to apply.
+    /// An adapter to apply: a PEFT folder or a llama.cpp LoRA adapter .gguf file.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// The text to score (UTF-8).
@@ -64,9 +64,16 @@ const HEADER: [&str; 7] = [
 
 /// Where the table is: `--csv`, else beside the adapter.
 fn table_path(args: &EvalArgs) -> Option<PathBuf> {
-    args.csv
-        .clone()
-        .or_else(|| args.adapter.as_ref().map(|a| a.join(TABLE_FILE)))
+    args.csv.clone().or_else(|| {
+        args.adapter.as_ref().map(|a| {
+            // Beside a .gguf adapter file, inside a PEFT folder.
+            if a.is_file() {
+                a.with_file_name(TABLE_FILE)
+            } else {
+                a.join(TABLE_FILE)
+            }
+        })
+    })
 }
 
 /// Runs `trainer-cli eval`.
@@ -87,7 +94,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     let model = load_model(model_path)?;
     let adapter = match &args.adapter {
         Some(dir) => Some(
-            Adapter::load(dir, &model)
+            Adapter::open(dir, &model)
                 .with_context(|| format!("cannot load adapter {}", dir.display()))?,
         ),
         None => None,

@@ -23,7 +23,7 @@ pub struct GenerateArgs {
     /// The base model (a Hugging Face folder or a .gguf file).
     #[arg(long)]
     pub model: PathBuf,
-    /// A PEFT adapter folder, merged into the weights before generating.
+    /// An adapter (a PEFT folder or a llama.cpp LoRA adapter .gguf file), merged into the weights before generating.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// The prompt text (continued as raw text).
@@ -69,7 +69,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     let tokenizer = base.tokenizer().clone();
     let merged = match &args.adapter {
         Some(dir) => {
-            let adapter = Adapter::load(dir, &base)
+            let adapter = Adapter::open(dir, &base)
                 .with_context(|| format!("cannot load adapter {}", dir.display()))?;
             base.merge(&adapter)?
         }

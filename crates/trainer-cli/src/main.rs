@@ -8,8 +8,10 @@ mod chunk;
 mod clock;
 mod control;
 mod eval;
+mod export_gguf;
 mod fsutil;
 mod generate;
+mod init_adapter;
 mod lock;
 mod model_files;
 mod observer;
@@ -52,6 +54,8 @@ enum Command {
     Convert(model_files::ConvertArgs),
     /// Merge an adapter into the base weights and write a Hugging Face model folder.
     Merge(model_files::MergeArgs),
+    /// Write an adapter as a llama.cpp LoRA adapter GGUF (for llama.cpp --lora, Ollama, koboldcpp).
+    ExportGguf(export_gguf::ExportGgufArgs),
     /// Generate text with a model and an optional adapter, to try a LoRA.
     Generate(generate::GenerateArgs),
     /// Dataset tools: split a dataset, turn Alpaca JSON or raw text into chat JSON Lines.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args),
         Command::Convert(args) => model_files::convert(&args),
         Command::Merge(args) => model_files::merge(&args),
+        Command::ExportGguf(args) => export_gguf::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Tools(args) => tools::run(&args),
     };

@@ -26,7 +26,7 @@ pub struct MergeArgs {
     /// The base model (a Hugging Face folder or a .gguf file).
     #[arg(long)]
     pub model: PathBuf,
-    /// The PEFT adapter folder to merge in.
+    /// The adapter to merge in: a PEFT folder or a llama.cpp LoRA adapter .gguf file.
     #[arg(long)]
     pub adapter: PathBuf,
     /// The Hugging Face folder to write.
@@ -68,7 +68,7 @@ pub fn convert(args: &ConvertArgs) -> Result<ExitCode> {
 pub fn merge(args: &MergeArgs) -> Result<ExitCode> {
     check_out(&args.out)?;
     let model = load_model(&args.model)?;
-    let adapter = Adapter::load(&args.adapter, &model)
+    let adapter = Adapter::open(&args.adapter, &model)
         .with_context(|| format!("cannot load adapter {}", args.adapter.display()))?;
     model.merge(&adapter)?.save_hf_dir(&args.out)?;
     eprintln!("wrote {}", args.out.display());

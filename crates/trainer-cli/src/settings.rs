@@ -15,7 +15,7 @@ use prts_chunker::{unescape_hard_cut, EosPlacement, Mode};
 use schedulers::{Schedule, StepPlan, Warmup};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use trainer_core::dataset::TrainOn;
-use trainer_core::job::{DataOptions, DataSources, EvalEvery, PlanSettings};
+use trainer_core::job::{AdapterFormats, DataOptions, DataSources, EvalEvery, PlanSettings};
 use trainer_core::{AdamWParams, Model, TrainConfig};
 
 /// A library enum as a setting: written and read (TOML and flags) as the name users type, parsed into the
@@ -157,6 +157,10 @@ settings! {
         targets: Named<Targets> = Named(Targets::Preset(Preset::QV));
         /// Also train lm_head and embed_tokens (PEFT modules_to_save; a large adapter).
         train_head: bool = false;
+        /// Adapter formats of every checkpoint and the final adapter: auto (peft,gguf for a .gguf base, peft otherwise), peft, or peft,gguf (adds adapter_model.gguf for llama.cpp).
+        adapter_formats: Named<AdapterFormats> = Named(AdapterFormats::Auto);
+        /// Start from this adapter's weights (a PEFT folder or a .gguf adapter; fresh optimizer, step 0); rank, alpha, rslora, targets and train_head are taken from it.
+        init_adapter: PathBuf = PathBuf::new();
         /// Micro-batch size (blocks per forward pass).
         batch_size: usize = 4;
         /// Gradient accumulation (micro-batches per optimizer step); lowered when the data is too small.
@@ -247,6 +251,21 @@ impl Settings {
             table
                 .entry("mode")
                 .or_insert(toml::Value::String(mode.to_string()));
+        }
+        // `adapter_formats = ["peft", "gguf"]`: a list is the comma form.
+        if let Some(toml::Value::Array(list)) = table.get("adapter_formats").cloned() {
+            let names: Vec<String> = list
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect();
+            table.insert(
+                "adapter_formats".into(),
+                toml::Value::String(names.join(",")),
+            );
         }
         table.try_into().map_err(one_line)
     }

@@ -17,6 +17,7 @@ use trainer_core::job::{
 use trainer_core::Model;
 
 use crate::fsutil::{disk_full_hint, output_error};
+use crate::init_adapter;
 use crate::lock;
 use crate::model_files::load_model;
 use crate::observer::{CliObserver, ProgressMode};
@@ -215,7 +216,19 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             }
         }
     }
-    let p = prepare(&settings, false)?;
+    let mut settings = settings;
+    let mut p = prepare(&settings, false)?;
+    // A resumed run continues from its checkpoint; its saved settings already hold the adapter's values.
+    let init = if args.resume.is_none() {
+        let explicit = init_adapter::explicit(args.config.as_deref(), &args.settings)?;
+        init_adapter::apply(&mut settings, &mut p.lora, &p.model, &explicit)?
+    } else {
+        None
+    };
+    let formats = settings.adapter_formats.0.resolve(&p.model, &p.lora)?;
+    if let Some(warning) = &formats.warning {
+        eprintln!("warning: {warning}");
+    }
     dump_if_asked(&p, args.dump_dataset.as_deref())?;
     if args.dry_run {
         dry_run(&settings, &p, args.show_blocks)?;
@@ -235,7 +248,11 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         plan,
     } = p;
     let steps = plan.steps.clone();
-    let mut builder = Job::builder(&model, data, DirStore::new(&output))
+    let mut out_store = DirStore::new(&output);
+    if let Some(base) = formats.gguf {
+        out_store = out_store.with_gguf_copies(base);
+    }
+    let mut builder = Job::builder(&model, data, out_store)
         .lora(lora)
         .train_config(settings.train_config())
         .checkpoints(settings.policy_settings(&steps))
@@ -249,6 +266,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         .interrupter(interrupter.clone());
     if let Some(dir) = &resume_dir {
         builder = builder.resume_from(dir);
+    }
+    if let Some(adapter) = init {
+        builder = builder.init_adapter(adapter);
     }
     let job = builder.build()?;
     if let Some(dir) = job.resumed_from() {
@@ -294,7 +314,13 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
 /// training or writing anything.
 pub fn check(args: &TrainArgs) -> Result<ExitCode> {
     let s = resolve_settings(args)?;
-    let p = prepare(&s, true)?;
+    let mut s = s;
+    let mut p = prepare(&s, true)?;
+    let explicit = init_adapter::explicit(args.config.as_deref(), &args.settings)?;
+    init_adapter::apply(&mut s, &mut p.lora, &p.model, &explicit)?;
+    if let Some(warning) = s.adapter_formats.0.resolve(&p.model, &p.lora)?.warning {
+        eprintln!("warning: {warning}");
+    }
     dump_if_asked(&p, args.dump_dataset.as_deref())?;
     println!("{}", p.data.summary_text(s.eval_every()));
     println!("{}", p.plan.text());

@@ -108,7 +108,15 @@ fn the_user_guide_documents_exactly_the_flags_of_help() {
         &train_help,
     );
     for sub in [
-        "chunk", "schedule", "plot", "eval", "generate", "convert", "merge", "control",
+        "chunk",
+        "schedule",
+        "plot",
+        "eval",
+        "generate",
+        "convert",
+        "merge",
+        "control",
+        "export-gguf",
     ] {
         let guide_flags = documented(section(&guide, &format!("### `{sub}`")), sub);
         assert_same(sub, &help_flags(&[sub]), &guide_flags);

@@ -16,3 +16,7 @@ mod dataset;
 mod synthetic;
 // The job API: runs, stops, interrupt and resume, recovery, format-1 checkpoints.
 mod job;
+// llama.cpp LoRA adapter GGUF: export/import round trip, q/k row order, refusals.
+mod gguf_lora;
+// Starting a run from an existing adapter (PEFT or GGUF).
+mod init_adapter;

@@ -28,6 +28,8 @@
 
 mod control;
 mod data;
+mod formats;
+mod init;
 mod log;
 mod observer;
 mod order;
@@ -47,6 +49,7 @@ pub use control::{Change, ControlCommand, ControlFile, ControlSource, CHANGEABLE
 pub use data::{
     encode_blocks, DataFiles, DataNote, DataOptions, DataSources, Hybrid, Origin, TrainingData,
 };
+pub use formats::{AdapterFormats, FormatChoice};
 pub use observer::{
     ControlOutcome, End, Flow, Interrupter, Observer, Report, Saved, Silent, Start,
 };
@@ -78,6 +81,7 @@ pub struct JobBuilder<'m> {
     group_by_length: bool,
     base_model: String,
     resume: Option<PathBuf>,
+    init: Option<crate::adapter::Adapter>,
     observer: Box<dyn Observer + 'm>,
     control: Option<Box<dyn ControlSource + 'm>>,
     interrupter: Interrupter,
@@ -152,6 +156,16 @@ impl<'m> JobBuilder<'m> {
         self
     }
 
+    /// Start from `adapter`'s weights (a PEFT or GGUF adapter loaded for this model) instead of a fresh
+    /// adapter, with fresh optimizer state at step 0. The LoRA settings ([`JobBuilder::lora`]) must have its
+    /// rank, scale, targets and fully trained modules (an [`Error::Setting`] `init_adapter` otherwise); their
+    /// dropout is used. Ignored when resuming: the checkpoint holds the run's adapter.
+    #[must_use]
+    pub fn init_adapter(mut self, adapter: crate::adapter::Adapter) -> Self {
+        self.init = Some(adapter);
+        self
+    }
+
     /// Who hears about the run (default: nobody).
     #[must_use]
     pub fn observer(mut self, observer: impl Observer + 'm) -> Self {
@@ -208,7 +222,10 @@ impl<'m> JobBuilder<'m> {
         let fingerprint = self.data.fingerprint();
         let (trainer, policy, loss) = match &self.resume {
             None => (
-                Trainer::new(model, self.lora.clone(), train)?,
+                match &self.init {
+                    Some(adapter) => init::trainer_from(model, &self.lora, adapter, train)?,
+                    None => Trainer::new(model, self.lora.clone(), train)?,
+                },
                 Policy::new(self.policy.clone())?,
                 f64::NAN,
             ),
@@ -369,6 +386,7 @@ impl<'m> Job<'m> {
             group_by_length: false,
             base_model: model.source().display().to_string(),
             resume: None,
+            init: None,
             observer: Box::new(Silent),
             control: None,
             interrupter: Interrupter::new(),

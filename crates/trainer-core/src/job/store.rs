@@ -9,6 +9,7 @@ use plot_report::LogRecord;
 
 use crate::adapter::{Adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use crate::error::{Error, Result};
+use crate::gguf_lora::{GgufBase, ADAPTER_GGUF_FILE};
 use crate::io::write_atomic;
 use crate::job::log::LogFile;
 use crate::job::state::RunState;
@@ -102,6 +103,7 @@ impl std::fmt::Display for Recovered {
 pub struct DirStore {
     dir: PathBuf,
     log: Option<LogFile>,
+    gguf: Option<GgufBase>,
 }
 
 impl DirStore {
@@ -110,7 +112,17 @@ impl DirStore {
         Self {
             dir: dir.into(),
             log: None,
+            gguf: None,
         }
+    }
+
+    /// Also writes a llama.cpp LoRA adapter GGUF copy ([`ADAPTER_GGUF_FILE`]) of every checkpoint's and the
+    /// final adapter for `base` (see [`AdapterFormats`](crate::job::AdapterFormats)); a checkpoint is complete
+    /// only with it.
+    #[must_use]
+    pub fn with_gguf_copies(mut self, base: GgufBase) -> Self {
+        self.gguf = Some(base);
+        self
     }
 
     /// The folder.
@@ -239,6 +251,12 @@ impl CheckpointStore for DirStore {
             .map_err(|e| failed(Error::io(output, e)))?;
         // On an error the temporary folder is removed when `tmp` drops.
         checkpoint.write_into(tmp.path()).map_err(failed)?;
+        if let Some(base) = &self.gguf {
+            let adapter = checkpoint.trainer.adapter().map_err(failed)?;
+            adapter
+                .save_gguf_for(base, &tmp.path().join(ADAPTER_GGUF_FILE))
+                .map_err(failed)?;
+        }
         // The folder's entries reach the disk before the folder gets its final name.
         fs::File::open(tmp.path())
             .and_then(|d| d.sync_all())
@@ -275,6 +293,9 @@ impl CheckpointStore for DirStore {
 
     fn save_adapter(&mut self, adapter: &Adapter, base_model: &str) -> Result<PathBuf> {
         adapter.save(&self.dir, base_model)?;
+        if let Some(base) = &self.gguf {
+            adapter.save_gguf_for(base, &self.dir.join(ADAPTER_GGUF_FILE))?;
+        }
         Ok(self.dir.clone())
     }
 
