@@ -97,6 +97,7 @@ pub fn train_config(s: &Settings, pad_id: u32) -> TrainConfig {
         neftune_alpha: (s.neftune_alpha > 0.0).then_some(s.neftune_alpha),
         pad_id,
         gradient_checkpointing: s.gradient_checkpointing,
+        ..TrainConfig::default()
     }
 }
 

@@ -2,11 +2,11 @@
 //! set, batch 4 x 256 tokens of KJV text, f32.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [autograd|composed] [ckpt] [dropout=P]
+//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [autograd] [ckpt] [dropout=P]
 //! ```
 //! LoRA dropout is 0 unless `dropout=P` is given (the comparison with PyTorch uses 0).
-//! Kernels: the CPU engine by default; `autograd` = candle's autograd over the fused ops (the path before the
-//! engine); `composed` = candle's autograd over ops composed from candle primitives.
+//! Backend: the CPU engine by default; `autograd` = candle's autograd over the composed decoder ops (the GPU path
+//! and the engine's test oracle; needs about 10 GB at this batch size).
 //! The model path comes from `TRAINER_TEST_MODEL` (default `models/SmolLM2-135M-Instruct.Q4_1.gguf`). Run one
 //! target set per process so the peak RSS belongs to it.
 
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use lora_targets::LoraSettings;
-use trainer_core::{Model, Sample, TrainConfig, Trainer};
+use trainer_core::{Backend, Model, Sample, TrainConfig, Trainer};
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -46,7 +46,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let targets = args.first().map_or("qv", String::as_str);
     let steps: usize = args.get(1).map_or(Ok(3), |s| s.parse())?;
-    let composed = args.iter().any(|s| s == "composed");
     let autograd = args.iter().any(|s| s == "autograd");
     let dropout: f64 = args
         .iter()
@@ -59,9 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from,
     );
     let t0 = Instant::now();
-    let mut model = Model::load(&path, &Device::Cpu)?;
-    model.set_fused_kernels(!composed);
-    model.set_training_engine(!autograd);
+    let model = Model::load(&path, &Device::Cpu)?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
 
@@ -85,6 +82,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let config = TrainConfig {
         gradient_checkpointing: checkpointing,
+        backend: if autograd {
+            Backend::Autograd
+        } else {
+            Backend::Engine
+        },
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(&model, settings, config)?;
@@ -117,9 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "targets={targets} kernels={} checkpointing={checkpointing} dropout={dropout} threads={threads} batch={batch}x{seq} r=8 \
          trainable={} load={load_s:.2}s rss_after_load={rss_after_load:.0}MB",
-        if composed {
-            "composed"
-        } else if autograd {
+        if autograd {
             "autograd"
         } else {
             "engine"

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use crate::config::{ModelConfig, SUPPORTED_TYPES};
 use crate::decoder::{Layer, Weights};
 use crate::error::{Error, Result};
+use crate::matrix::Matrix;
 use crate::model::Parts;
 use crate::tokenizer::{self, md_u64};
 
@@ -155,16 +156,17 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         } else {
             None
         };
+        let d = Matrix::dense;
         layers.push(Layer {
             input_norm: get(&p("attn_norm.weight"), &[h])?,
             linears: [
-                q,
-                k,
-                get(&p("attn_v.weight"), &[kv_out, h])?,
-                get(&p("attn_output.weight"), &[h, q_out])?,
-                get(&p("ffn_gate.weight"), &[inter, h])?,
-                get(&p("ffn_up.weight"), &[inter, h])?,
-                get(&p("ffn_down.weight"), &[h, inter])?,
+                d(q)?,
+                d(k)?,
+                d(get(&p("attn_v.weight"), &[kv_out, h])?)?,
+                d(get(&p("attn_output.weight"), &[h, q_out])?)?,
+                d(get(&p("ffn_gate.weight"), &[inter, h])?)?,
+                d(get(&p("ffn_up.weight"), &[inter, h])?)?,
+                d(get(&p("ffn_down.weight"), &[h, inter])?)?,
             ],
             qkv_bias,
             post_norm: get(&p("ffn_norm.weight"), &[h])?,
@@ -182,12 +184,12 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         None
     };
     let weights = Weights {
-        embed: get("token_embd.weight", &[cfg.vocab_size, h])?,
+        embed: Matrix::dense(get("token_embd.weight", &[cfg.vocab_size, h])?)?,
         norm: get("output_norm.weight", &[h])?,
         lm_head: if cfg.tie_word_embeddings {
             None
         } else {
-            Some(get("output.weight", &[cfg.vocab_size, h])?)
+            Some(Matrix::dense(get("output.weight", &[cfg.vocab_size, h])?)?)
         },
         layers,
         rope_freq_factors,

@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::decoder::{Layer, Weights};
 use crate::error::{Error, Result};
 use crate::lora::module_path;
+use crate::matrix::Matrix;
 use crate::model::Parts;
 use crate::{io, tokenizer};
 
@@ -81,7 +82,10 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
     for l in 0..c.num_hidden_layers {
         let mut lin = Vec::with_capacity(7);
         for (m, shape) in shapes.iter().enumerate() {
-            lin.push(take(&format!("{}.weight", module_path(l, m)), shape)?);
+            lin.push(Matrix::dense(take(
+                &format!("{}.weight", module_path(l, m)),
+                shape,
+            )?)?);
         }
         let qkv_bias = if c.attention_bias {
             Some([
@@ -92,7 +96,7 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
         } else {
             None
         };
-        let linears: [Tensor; 7] = lin.try_into().map_err(|_| {
+        let linears: [Matrix; 7] = lin.try_into().map_err(|_| {
             Error::model(&file, format!("layer {l}: wrong number of linear weights"))
         })?;
         layers.push(Layer {
@@ -105,11 +109,11 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
             )?,
         });
     }
-    let embed = take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+    let embed = Matrix::dense(take("model.embed_tokens.weight", &[c.vocab_size, h])?)?;
     let lm_head = if c.tie_word_embeddings {
         None
     } else {
-        Some(take("lm_head.weight", &[c.vocab_size, h])?)
+        Some(Matrix::dense(take("lm_head.weight", &[c.vocab_size, h])?)?)
     };
     let weights = Weights {
         embed,
@@ -127,17 +131,23 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Parts> {
     })
 }
 
-/// The weights under their HF names (`model.layers.0.self_attn.q_proj.weight`, ...).
-pub(crate) fn named_weights(w: &Weights) -> BTreeMap<String, Tensor> {
+/// The weights under their HF names (`model.layers.0.self_attn.q_proj.weight`, ...), expanded to f32.
+pub(crate) fn named_weights(w: &Weights, device: &Device) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
-    out.insert("model.embed_tokens.weight".to_string(), w.embed.clone());
+    out.insert(
+        "model.embed_tokens.weight".to_string(),
+        w.embed.to_tensor(device)?,
+    );
     out.insert("model.norm.weight".to_string(), w.norm.clone());
     if let Some(h) = &w.lm_head {
-        out.insert("lm_head.weight".to_string(), h.clone());
+        out.insert("lm_head.weight".to_string(), h.to_tensor(device)?);
     }
     for (l, layer) in w.layers.iter().enumerate() {
         for (m, t) in layer.linears.iter().enumerate() {
-            out.insert(format!("{}.weight", module_path(l, m)), t.clone());
+            out.insert(
+                format!("{}.weight", module_path(l, m)),
+                t.to_tensor(device)?,
+            );
         }
         if let Some(b) = &layer.qkv_bias {
             for (m, t) in b.iter().enumerate() {
@@ -153,5 +163,5 @@ pub(crate) fn named_weights(w: &Weights) -> BTreeMap<String, Tensor> {
             layer.post_norm.clone(),
         );
     }
-    out
+    Ok(out)
 }

@@ -18,8 +18,9 @@
 //!   [`Trainer::save_state`] / [`Trainer::load_state`] resume exactly. Nothing here prints; [`Trainer::run`]
 //!   reports each step to a callback and stops on a cancel flag.
 //!
-//! All tensors are f32. On CPU the decoder uses fused kernels with hand-written backward passes (see
-//! [`Model::set_fused_kernels`]); the `cuda` feature enables candle's CUDA backend.
+//! On the CPU, training, evaluation, logits and perplexity run on the CPU engine (a hand-written forward and
+//! backward pass on plain buffers, reading the frozen weights in the form they are stored in); the `cuda` feature
+//! enables candle's CUDA backend, where training goes through candle's autograd ([`Backend`]).
 //!
 //! # Example
 //!
@@ -57,6 +58,7 @@
 //! ```
 
 mod adapter;
+mod autograd;
 mod config;
 pub mod dataset;
 mod decoder;
@@ -64,21 +66,19 @@ mod dropout;
 mod engine;
 mod error;
 mod evaluate;
-mod fused;
-mod fused_attention;
 mod gguf;
 mod hf;
 mod io;
 mod lora;
 mod loss;
+mod matrix;
 mod model;
 mod ops;
 mod optim;
 mod rng;
-#[cfg(test)]
-mod test_util;
 mod tokenizer;
 mod train;
+mod train_state;
 
 pub use adapter::{Adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use config::{ModelConfig, RopeScaling};
@@ -87,4 +87,4 @@ pub use evaluate::{evaluate, EvalStats};
 pub use model::Model;
 pub use optim::AdamWParams;
 pub use tokenizer::SpecialTokens;
-pub use train::{Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
+pub use train::{Backend, Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
