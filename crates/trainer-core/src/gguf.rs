@@ -1,16 +1,19 @@
-//! Loading a GGUF file: metadata -> config, tensors dequantized to f32 in HF layout (q/k un-permuted), tokenizer.
+//! Loading a GGUF model (one file, or the first part of a split model): metadata -> config, tokenizer, and the
+//! weights in HF layout (llama.cpp's q/k row order undone by moving whole rows), kept as stored or expanded to
+//! f32 (`LoadOptions`), after checking that the process has the memory for them.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor};
 
 use crate::config::{ModelConfig, SUPPORTED_TYPES};
 use crate::decoder::{Layer, Weights};
 use crate::error::{Error, Result};
+use crate::ggml_type::SUPPORTED;
+use crate::gguf_file::{GgufModel, TensorInfo};
+use crate::load::{self, LoadOptions, Stored};
 use crate::matrix::Matrix;
 use crate::model::Parts;
 use crate::tokenizer::{self, md_u64};
@@ -23,21 +26,9 @@ fn md_f64(md: &HashMap<String, Value>, key: &str) -> Option<f64> {
     }
 }
 
-/// Reads a GGUF model file.
-pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    check_alignment(&mut reader, path)?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(path, e))?;
-    let ct = Content::read(&mut reader).map_err(|e| {
-        Error::model(
-            path,
-            format!("not a readable GGUF file (or it uses a tensor type candle cannot read): {e}"),
-        )
-    })?;
-    let md = &ct.metadata;
+/// The model configuration from the `{arch}.*` metadata and the tensor table.
+fn config(g: &GgufModel, path: &Path) -> Result<ModelConfig> {
+    let md = &g.metadata;
     let arch = md
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
@@ -61,16 +52,15 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
             )
         })
     };
-    let (tok, special, template) = tokenizer::from_gguf(md, path)?;
     let hidden_size = need("embedding_length")?;
     let num_attention_heads = need("attention.head_count")?;
     let num_key_value_heads = need("attention.head_count_kv").unwrap_or(num_attention_heads);
     let head_dim = need("attention.key_length").unwrap_or(hidden_size / num_attention_heads.max(1));
-    let has = |name: &str| ct.tensor_infos.contains_key(name);
-    let vocab_size = ct
-        .tensor_infos
+    let has = |name: &str| g.tensors.contains_key(name);
+    let vocab_size = g
+        .tensors
         .get("token_embd.weight")
-        .and_then(|i| i.shape.dims().first().copied())
+        .and_then(|i| i.dims.first().copied())
         .ok_or_else(|| Error::model(path, "tensor `token_embd.weight` is missing"))?;
     let cfg = ModelConfig {
         model_type: arch.clone(),
@@ -90,106 +80,204 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         attention_bias: has("blk.0.attn_q.bias"),
     };
     cfg.validate(path)?;
+    Ok(cfg)
+}
 
-    // Every tensor is checked against the configuration (as the Hugging Face loader does), so a
-    // file whose metadata and tensors disagree is refused here, not in the first forward pass.
+/// What a tensor becomes.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    /// A frozen matrix (kept as stored with `keep`), with llama.cpp's row order to undo for that many heads.
+    Matrix(Option<usize>),
+    /// An f32 vector (norm, bias), with the row order to undo.
+    Vector(Option<usize>),
+}
+
+/// A tensor the model needs: its name, expected dimensions and role.
+struct Want {
+    name: String,
+    dims: Vec<usize>,
+    role: Role,
+}
+
+fn wants(cfg: &ModelConfig, permuted: bool) -> Vec<Want> {
     let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
     let q_out = cfg.num_attention_heads.saturating_mul(cfg.head_dim);
     let kv_out = cfg.num_key_value_heads.saturating_mul(cfg.head_dim);
-    let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let q = ct
-            .tensor(&mut reader, name, device)
-            .map_err(|e| Error::model(path, format!("tensor `{name}`: {e}")))?;
-        let t = q
-            .dequantize(device)
-            .map_err(|e| Error::model(path, format!("tensor `{name}`: cannot dequantize: {e}")))?;
-        if t.dims() != shape {
-            return Err(Error::model(
-                path,
-                format!(
-                    "tensor `{name}` has shape {:?}, expected {shape:?} from the metadata",
-                    t.dims()
-                ),
-            ));
+    let heads = |n: usize| permuted.then_some(n);
+    let (qh, kh) = (
+        heads(cfg.num_attention_heads),
+        heads(cfg.num_key_value_heads),
+    );
+    let mut out = Vec::new();
+    let mut w = |name: String, dims: Vec<usize>, role: Role| out.push(Want { name, dims, role });
+    w(
+        "token_embd.weight".into(),
+        vec![cfg.vocab_size, h],
+        Role::Matrix(None),
+    );
+    w("output_norm.weight".into(), vec![h], Role::Vector(None));
+    if !cfg.tie_word_embeddings {
+        w(
+            "output.weight".into(),
+            vec![cfg.vocab_size, h],
+            Role::Matrix(None),
+        );
+    }
+    for i in 0..cfg.num_hidden_layers {
+        let p = |s: &str| format!("blk.{i}.{s}");
+        w(p("attn_norm.weight"), vec![h], Role::Vector(None));
+        w(p("attn_q.weight"), vec![q_out, h], Role::Matrix(qh));
+        w(p("attn_k.weight"), vec![kv_out, h], Role::Matrix(kh));
+        w(p("attn_v.weight"), vec![kv_out, h], Role::Matrix(None));
+        w(p("attn_output.weight"), vec![h, q_out], Role::Matrix(None));
+        w(p("ffn_gate.weight"), vec![inter, h], Role::Matrix(None));
+        w(p("ffn_up.weight"), vec![inter, h], Role::Matrix(None));
+        w(p("ffn_down.weight"), vec![h, inter], Role::Matrix(None));
+        w(p("ffn_norm.weight"), vec![h], Role::Vector(None));
+        if cfg.attention_bias {
+            w(p("attn_q.bias"), vec![q_out], Role::Vector(qh));
+            w(p("attn_k.bias"), vec![kv_out], Role::Vector(kh));
+            w(p("attn_v.bias"), vec![kv_out], Role::Vector(None));
         }
-        Ok(t)
+    }
+    out
+}
+
+/// The tensor a want names, checked: present, of the expected shape, of a type this crate reads.
+fn find<'a>(g: &'a GgufModel, path: &Path, w: &Want) -> Result<(&'a TensorInfo, Stored, u64)> {
+    let t = g
+        .tensors
+        .get(&w.name)
+        .ok_or_else(|| Error::model(path, format!("tensor `{}` is missing", w.name)))?;
+    if t.dims != w.dims {
+        return Err(Error::model(
+            path,
+            format!(
+                "tensor `{}` has shape {:?}, expected {:?} from the metadata",
+                w.name, t.dims, w.dims
+            ),
+        ));
+    }
+    let stored = if t.ty.is_f32() {
+        Stored::F32
+    } else {
+        Stored::Packed(t.ty.packed().ok_or_else(|| {
+            load::unsupported(g.path_of(t), &w.name, &t.ty.name(), &SUPPORTED.join(" "))
+        })?)
     };
+    let bytes = t.bytes.ok_or_else(|| {
+        load::unsupported(g.path_of(t), &w.name, &t.ty.name(), &SUPPORTED.join(" "))
+    })?;
+    Ok((t, stored, bytes))
+}
+
+/// Reads a GGUF model.
+pub(crate) fn load(path: &Path, device: &Device, opts: &LoadOptions) -> Result<Parts> {
+    let g = GgufModel::open(path)?;
+    let cfg = config(&g, path)?;
+    let (tok, special, template) = tokenizer::from_gguf(&g.metadata, path)?;
     // llama.cpp permutes q/k rows for llama-arch models (interleaved RoPE); undo it to get the HF layout.
-    let permuted = arch != "qwen2";
-    let unpermute = |w: Tensor, heads: usize| -> Result<Tensor> {
-        if !permuted {
-            return Ok(w);
+    let permuted = cfg.model_type != "qwen2";
+    let mut wanted = wants(&cfg, permuted);
+    if g.tensors.contains_key("rope_freqs.weight") {
+        let name = "rope_freqs.weight".to_string();
+        wanted.push(Want {
+            name,
+            dims: vec![cfg.head_dim / 2],
+            role: Role::Vector(None),
+        });
+    }
+    // Check every tensor and the memory before reading any data.
+    let keep = opts.keep();
+    let mut needed = 0u64;
+    let mut largest = 0u64;
+    for w in &wanted {
+        let (_, stored, bytes) = find(&g, path, w)?;
+        let (rows, cols) = (w.dims[0], w.dims.get(1).copied().unwrap_or(1));
+        needed += match w.role {
+            Role::Matrix(_) => stored.resident(rows, cols, keep),
+            Role::Vector(_) => (rows * 4) as u64,
+        };
+        largest = largest.max(bytes + (rows * cols * 4) as u64);
+    }
+    opts.check_memory(path, needed + largest)?;
+
+    let mut matrices: HashMap<String, Matrix> = HashMap::new();
+    let mut vectors: HashMap<String, Vec<f32>> = HashMap::new();
+    for w in &wanted {
+        let (t, stored, bytes) = find(&g, path, w)?;
+        let mut data = vec![0u8; bytes as usize];
+        g.read(t, &mut data)?;
+        let (rows, cols) = (w.dims[0], w.dims.get(1).copied().unwrap_or(1));
+        let err = |e: Error| Error::model(g.path_of(t), format!("tensor `{}`: {e}", w.name));
+        match w.role {
+            Role::Matrix(heads) => {
+                if let Some(h) = heads {
+                    data = load::move_rows(
+                        &data,
+                        stored.row_bytes(cols),
+                        &load::unpermute_order(rows, h),
+                    );
+                }
+                let m = load::matrix(stored, rows, cols, data, keep, device).map_err(err)?;
+                matrices.insert(w.name.clone(), m);
+            }
+            Role::Vector(heads) => {
+                let mut v = load::expand(stored, &data, rows).map_err(err)?;
+                if let Some(h) = heads {
+                    v = load::unpermute_order(rows, h)
+                        .iter()
+                        .map(|&r| v[r])
+                        .collect();
+                }
+                vectors.insert(w.name.clone(), v);
+            }
         }
-        let (out, inp) = w.dims2()?;
-        Ok(w.reshape((heads, out / heads / 2, 2, inp))?
-            .transpose(1, 2)?
-            .reshape((out, inp))?
-            .contiguous()?)
-    };
-    let unpermute_bias = |b: Tensor, heads: usize| -> Result<Tensor> {
-        if !permuted {
-            return Ok(b);
-        }
-        let out = b.dims1()?;
-        Ok(b.reshape((heads, out / heads / 2, 2))?
-            .transpose(1, 2)?
-            .reshape(out)?
-            .contiguous()?)
+    }
+    let rope_freq_factors = vectors
+        .remove("rope_freqs.weight")
+        .map(|v| v.into_iter().map(f64::from).collect());
+    let missing = |n: &str| Error::model(path, format!("tensor `{n}` is missing"));
+    let mut mat = |n: String| matrices.remove(&n).ok_or_else(|| missing(&n));
+    let mut vec = |n: String| -> Result<Tensor> {
+        let v = vectors.remove(&n).ok_or_else(|| missing(&n))?;
+        let len = v.len();
+        Ok(Tensor::from_vec(v, len, device)?)
     };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         let p = |s: &str| format!("blk.{i}.{s}");
-        let q = unpermute(
-            get(&p("attn_q.weight"), &[q_out, h])?,
-            cfg.num_attention_heads,
-        )?;
-        let k = unpermute(
-            get(&p("attn_k.weight"), &[kv_out, h])?,
-            cfg.num_key_value_heads,
-        )?;
         let qkv_bias = if cfg.attention_bias {
             Some([
-                unpermute_bias(get(&p("attn_q.bias"), &[q_out])?, cfg.num_attention_heads)?,
-                unpermute_bias(get(&p("attn_k.bias"), &[kv_out])?, cfg.num_key_value_heads)?,
-                get(&p("attn_v.bias"), &[kv_out])?,
+                vec(p("attn_q.bias"))?,
+                vec(p("attn_k.bias"))?,
+                vec(p("attn_v.bias"))?,
             ])
         } else {
             None
         };
-        let d = Matrix::dense;
         layers.push(Layer {
-            input_norm: get(&p("attn_norm.weight"), &[h])?,
+            input_norm: vec(p("attn_norm.weight"))?,
             linears: [
-                d(q)?,
-                d(k)?,
-                d(get(&p("attn_v.weight"), &[kv_out, h])?)?,
-                d(get(&p("attn_output.weight"), &[h, q_out])?)?,
-                d(get(&p("ffn_gate.weight"), &[inter, h])?)?,
-                d(get(&p("ffn_up.weight"), &[inter, h])?)?,
-                d(get(&p("ffn_down.weight"), &[h, inter])?)?,
+                mat(p("attn_q.weight"))?,
+                mat(p("attn_k.weight"))?,
+                mat(p("attn_v.weight"))?,
+                mat(p("attn_output.weight"))?,
+                mat(p("ffn_gate.weight"))?,
+                mat(p("ffn_up.weight"))?,
+                mat(p("ffn_down.weight"))?,
             ],
             qkv_bias,
-            post_norm: get(&p("ffn_norm.weight"), &[h])?,
+            post_norm: vec(p("ffn_norm.weight"))?,
         });
     }
-    let rope_freq_factors = if has("rope_freqs.weight") {
-        Some(
-            get("rope_freqs.weight", &[cfg.head_dim / 2])?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f64::from)
-                .collect(),
-        )
-    } else {
-        None
-    };
     let weights = Weights {
-        embed: Matrix::dense(get("token_embd.weight", &[cfg.vocab_size, h])?)?,
-        norm: get("output_norm.weight", &[h])?,
+        embed: mat("token_embd.weight".into())?,
+        norm: vec("output_norm.weight".into())?,
         lm_head: if cfg.tie_word_embeddings {
             None
         } else {
-            Some(Matrix::dense(get("output.weight", &[cfg.vocab_size, h])?)?)
+            Some(mat("output.weight".into())?)
         },
         layers,
         rope_freq_factors,
@@ -201,162 +289,4 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Parts> {
         special,
         chat_template: template,
     })
-}
-
-/// GGUF metadata value types (the GGUF specification's numbering).
-const GGUF_STRING: u32 = 8;
-const GGUF_ARRAY: u32 = 9;
-
-/// Refuses a GGUF file whose `general.alignment` is 0 before candle reads it: candle's reader
-/// divides by that value. Walks the metadata the way the reader does; anything else that is
-/// malformed (a short file, a bad type, a length past the end) is left to the reader, which
-/// reports it as an error.
-fn check_alignment(reader: &mut (impl Read + Seek), path: &Path) -> Result<()> {
-    match find_alignment(reader) {
-        Ok(Some(0)) => Err(Error::model(
-            path,
-            "metadata `general.alignment` is 0: the file is damaged (GGUF needs an alignment of at least 1)",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The integer value of `general.alignment` when the header holds one of a type candle uses.
-fn find_alignment(r: &mut (impl Read + Seek)) -> std::io::Result<Option<u64>> {
-    let size = r.seek(SeekFrom::End(0))?;
-    r.seek(SeekFrom::Start(0))?;
-    let magic = read_u32(r)?;
-    let version = read_u32(r)?;
-    if magic != 0x4655_4747 || !(1..=3).contains(&version) {
-        return Ok(None);
-    }
-    let wide = version >= 2;
-    let _tensors = read_len(r, wide)?;
-    let kvs = read_len(r, wide)?;
-    for _ in 0..kvs {
-        let key_len = read_len(r, wide)?;
-        if key_len > size {
-            return Ok(None);
-        }
-        let mut key = vec![0u8; key_len as usize];
-        r.read_exact(&mut key)?;
-        let ty = read_u32(r)?;
-        if key == b"general.alignment" {
-            let v = match ty {
-                0 => u64::from(read_n::<1>(r)?[0]),
-                1 => i8::from_le_bytes(read_n::<1>(r)?) as u64,
-                2 => u64::from(u16::from_le_bytes(read_n::<2>(r)?)),
-                3 => i16::from_le_bytes(read_n::<2>(r)?) as u64,
-                4 => u64::from(read_u32(r)?),
-                5 => i32::from_le_bytes(read_n::<4>(r)?) as u64,
-                _ => return Ok(None),
-            };
-            return Ok(Some(v));
-        }
-        if !skip_value(r, ty, wide, size, 0)? {
-            return Ok(None);
-        }
-    }
-    Ok(None)
-}
-
-/// Skips one metadata value; false when it cannot be walked (left to candle's reader).
-fn skip_value(
-    r: &mut (impl Read + Seek),
-    ty: u32,
-    wide: bool,
-    size: u64,
-    depth: u32,
-) -> std::io::Result<bool> {
-    let fixed = match ty {
-        0 | 1 | 7 => 1,
-        2..=3 => 2,
-        4..=6 => 4,
-        10..=12 => 8,
-        GGUF_STRING => {
-            let n = read_len(r, wide)?;
-            return seek_by(r, n, size);
-        }
-        GGUF_ARRAY if depth < 4 => {
-            let elem = read_u32(r)?;
-            let n = read_len(r, wide)?;
-            if n > size {
-                return Ok(false);
-            }
-            for _ in 0..n {
-                if !skip_value(r, elem, wide, size, depth + 1)? {
-                    return Ok(false);
-                }
-            }
-            return Ok(true);
-        }
-        _ => return Ok(false),
-    };
-    seek_by(r, fixed, size)
-}
-
-fn seek_by(r: &mut (impl Read + Seek), n: u64, size: u64) -> std::io::Result<bool> {
-    let pos = r.stream_position()?;
-    match pos.checked_add(n) {
-        Some(end) if end <= size => {
-            r.seek(SeekFrom::Start(end))?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-fn read_n<const N: usize>(r: &mut impl Read) -> std::io::Result<[u8; N]> {
-    let mut b = [0u8; N];
-    r.read_exact(&mut b)?;
-    Ok(b)
-}
-
-fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
-    Ok(u32::from_le_bytes(read_n::<4>(r)?))
-}
-
-fn read_len(r: &mut impl Read, wide: bool) -> std::io::Result<u64> {
-    if wide {
-        Ok(u64::from_le_bytes(read_n::<8>(r)?))
-    } else {
-        Ok(u64::from(read_u32(r)?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::gguf_file;
-
-    fn gguf(md: &[(&str, &Value)]) -> std::io::Cursor<Vec<u8>> {
-        let mut c = std::io::Cursor::new(Vec::new());
-        gguf_file::write(&mut c, md, &[]).unwrap();
-        c.set_position(0);
-        c
-    }
-
-    #[test]
-    fn a_zero_alignment_is_refused_before_candle_divides_by_it() {
-        let arr = Value::Array(vec![Value::String("a b".into()), Value::String("c".into())]);
-        let name = Value::String("x".into());
-        for zero in [Value::U8(0), Value::U16(0), Value::U32(0), Value::I32(0)] {
-            let mut f = gguf(&[
-                ("general.name", &name),
-                ("t", &arr),
-                ("general.alignment", &zero),
-            ]);
-            let err = check_alignment(&mut f, Path::new("m.gguf")).unwrap_err();
-            assert!(err.to_string().contains("general.alignment"), "{err}");
-        }
-        for fine in [Value::U32(32), Value::U64(0), Value::I32(-1)] {
-            let mut f = gguf(&[("t", &arr), ("general.alignment", &fine)]);
-            check_alignment(&mut f, Path::new("m.gguf")).unwrap();
-            f.set_position(0);
-            Content::read(&mut f).unwrap();
-        }
-        // Damaged headers are left to candle's reader.
-        let mut short = std::io::Cursor::new(b"GGUF\x03\x00".to_vec());
-        check_alignment(&mut short, Path::new("m.gguf")).unwrap();
-    }
 }

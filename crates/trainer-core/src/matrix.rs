@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Result, Tensor};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -18,25 +19,65 @@ pub(crate) enum Packed {
     F16,
     /// bfloat16, 2 bytes a value.
     BF16,
+    /// A GGML block type (32 or 256 values a block).
+    Ggml(GgmlDType),
 }
 
 impl Packed {
-    /// The name used in files and messages (`F16`, `BF16`).
+    /// The packed type of a GGML type id, if this crate decodes it (`F32`, id 0, is not packed).
+    pub(crate) fn from_ggml_id(id: u32) -> Option<Self> {
+        Some(match id {
+            1 => Packed::F16,
+            30 => Packed::BF16,
+            2 => Packed::Ggml(GgmlDType::Q4_0),
+            3 => Packed::Ggml(GgmlDType::Q4_1),
+            6 => Packed::Ggml(GgmlDType::Q5_0),
+            7 => Packed::Ggml(GgmlDType::Q5_1),
+            8 => Packed::Ggml(GgmlDType::Q8_0),
+            10 => Packed::Ggml(GgmlDType::Q2K),
+            11 => Packed::Ggml(GgmlDType::Q3K),
+            12 => Packed::Ggml(GgmlDType::Q4K),
+            13 => Packed::Ggml(GgmlDType::Q5K),
+            14 => Packed::Ggml(GgmlDType::Q6K),
+            _ => return None,
+        })
+    }
+
+    /// The name used in files and messages (`F16`, `Q4_K`, ...).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Packed::F16 => "F16",
             Packed::BF16 => "BF16",
+            Packed::Ggml(t) => match t {
+                GgmlDType::Q4_0 => "Q4_0",
+                GgmlDType::Q4_1 => "Q4_1",
+                GgmlDType::Q5_0 => "Q5_0",
+                GgmlDType::Q5_1 => "Q5_1",
+                GgmlDType::Q8_0 => "Q8_0",
+                GgmlDType::Q2K => "Q2_K",
+                GgmlDType::Q3K => "Q3_K",
+                GgmlDType::Q4K => "Q4_K",
+                GgmlDType::Q5K => "Q5_K",
+                GgmlDType::Q6K => "Q6_K",
+                _ => "GGML",
+            },
         }
     }
 
     /// Values per block (a row's length must be a multiple of it).
     pub(crate) fn block_len(self) -> usize {
-        1
+        match self {
+            Packed::F16 | Packed::BF16 => 1,
+            Packed::Ggml(t) => t.block_size(),
+        }
     }
 
     /// Bytes per block.
     pub(crate) fn block_bytes(self) -> usize {
-        2
+        match self {
+            Packed::F16 | Packed::BF16 => 2,
+            Packed::Ggml(t) => t.type_size(),
+        }
     }
 
     /// Bytes of a row of `cols` values (`cols` a multiple of [`Packed::block_len`]).
@@ -45,7 +86,7 @@ impl Packed {
     }
 
     /// Expands whole blocks `bytes` into `out` (`out.len()` values).
-    pub(crate) fn expand(self, bytes: &[u8], out: &mut [f32]) {
+    pub(crate) fn expand(self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         const CHUNK: usize = 64;
         match self {
             Packed::F16 => {
@@ -63,7 +104,18 @@ impl Packed {
                     *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
                 }
             }
+            Packed::Ggml(t) => {
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    t,
+                    bytes,
+                    vec![out.len()],
+                    &Device::Cpu,
+                )?;
+                let v = q.dequantize(&Device::Cpu)?.to_vec1::<f32>()?;
+                out.copy_from_slice(&v);
+            }
         }
+        Ok(())
     }
 }
 
@@ -145,19 +197,6 @@ impl Matrix {
         })
     }
 
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub(crate) fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// `[rows, cols]`.
-    pub(crate) fn dims(&self) -> [usize; 2] {
-        [self.rows, self.cols]
-    }
-
     /// The stored type's name (`F32`, `F16`, `BF16`).
     pub(crate) fn type_name(&self) -> &'static str {
         match &self.data {
@@ -174,24 +213,13 @@ impl Matrix {
         }
     }
 
-    /// The f32 tensor when the matrix is stored dense.
-    pub(crate) fn dense_tensor(&self) -> Option<&Tensor> {
-        match &self.data {
-            Data::Dense(t) => Some(t),
-            Data::Packed { .. } => None,
-        }
-    }
-
     /// The whole matrix as an f32 tensor on `device` (no copy when it is stored dense there).
     pub(crate) fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         match &self.data {
             Data::Dense(t) => t.to_device(device),
             Data::Packed { .. } => {
                 let mut out = vec![0f32; self.rows * self.cols];
-                self.with_ref(|m| {
-                    m.expand_rows(0, self.rows, &mut out);
-                    Ok(())
-                })?;
+                self.with_ref(|m| m.expand_rows(0, self.rows, &mut out))?;
                 Tensor::from_vec(out, (self.rows, self.cols), device)
             }
         }
@@ -286,57 +314,64 @@ impl<'a> MatrixRef<'a> {
     }
 
     /// Expands row `r` into `out` (`cols` values).
-    pub(crate) fn expand_row(&self, r: usize, out: &mut [f32]) {
+    pub(crate) fn expand_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
         let cols = self.cols;
         match self.data {
-            RefData::F32(v) => out.copy_from_slice(&v[r * cols..(r + 1) * cols]),
+            RefData::F32(v) => {
+                out.copy_from_slice(&v[r * cols..(r + 1) * cols]);
+                Ok(())
+            }
             RefData::Packed { kind, bytes } => {
                 let rb = kind.row_bytes(cols);
-                kind.expand(&bytes[r * rb..(r + 1) * rb], out);
+                kind.expand(&bytes[r * rb..(r + 1) * rb], out)
             }
         }
     }
 
     /// Expands rows `r0..r1` into `out` (`(r1 - r0) · cols` values), in parallel over rows.
-    pub(crate) fn expand_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
+    pub(crate) fn expand_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         let cols = self.cols.max(1);
         out[..(r1 - r0) * cols]
             .par_chunks_mut(cols * 16)
             .enumerate()
-            .for_each(|(i, o)| {
+            .try_for_each(|(i, o)| {
                 for (j, row) in o.chunks_mut(cols).enumerate() {
-                    self.expand_row(r0 + i * 16 + j, row);
+                    self.expand_row(r0 + i * 16 + j, row)?;
                 }
-            });
+                Ok(())
+            })
     }
 
     /// Expands the columns `c0..c1` (`c0` a multiple of the block length, `c1` too or `c1 = cols`) of every row
     /// into `out` (`rows · (c1 - c0)` values, row-major), in parallel over rows.
-    pub(crate) fn expand_cols(&self, c0: usize, c1: usize, out: &mut [f32]) {
+    pub(crate) fn expand_cols(&self, c0: usize, c1: usize, out: &mut [f32]) -> Result<()> {
         let (cols, w) = (self.cols, c1 - c0);
         if w == 0 {
-            return;
+            return Ok(());
         }
         match self.data {
-            RefData::F32(v) => out[..self.rows * w]
-                .par_chunks_mut(w)
-                .zip(v.par_chunks(cols))
-                .for_each(|(o, row)| o.copy_from_slice(&row[c0..c1])),
+            RefData::F32(v) => {
+                out[..self.rows * w]
+                    .par_chunks_mut(w)
+                    .zip(v.par_chunks(cols))
+                    .for_each(|(o, row)| o.copy_from_slice(&row[c0..c1]));
+                Ok(())
+            }
             RefData::Packed { kind, bytes } => {
                 let (rb, bl, bb) = (kind.row_bytes(cols), kind.block_len(), kind.block_bytes());
                 let (b0, b1) = (c0 / bl * bb, c1.div_ceil(bl) * bb);
                 out[..self.rows * w]
                     .par_chunks_mut(w)
                     .zip(bytes.par_chunks(rb))
-                    .for_each(|(o, row)| kind.expand(&row[b0..b1], o));
+                    .try_for_each(|(o, row)| kind.expand(&row[b0..b1], o))
             }
         }
     }
 
     /// Expands the rows `ids` into consecutive rows of `out` (an embedding lookup).
-    pub(crate) fn gather_rows(&self, ids: &[u32], out: &mut [f32]) {
+    pub(crate) fn gather_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         out.par_chunks_mut(self.cols.max(1))
             .zip(ids.par_iter())
-            .for_each(|(o, &id)| self.expand_row(id as usize, o));
+            .try_for_each(|(o, &id)| self.expand_row(id as usize, o))
     }
 }

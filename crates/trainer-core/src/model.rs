@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::decoder::{ids_tensor, nll_rows, Decoder, Weights};
 use crate::engine::{self, AdapterPins, Extras, Net, Pins, Workspace};
 use crate::error::{Error, Result};
+use crate::load::LoadOptions;
 use crate::lora::MODULES;
 use crate::matrix::Matrix;
 use crate::tokenizer::SpecialTokens;
@@ -37,13 +38,28 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a model from a `.gguf` file (dequantized to f32, q/k un-permuted) or a Hugging Face model directory
-    /// (`config.json`, `model.safetensors` or a sharded index, `tokenizer.json`). Local files only.
+    /// Loads a model from a `.gguf` file (or the first part of a split one, `NAME-00001-of-0000N.gguf`) or a
+    /// Hugging Face model directory (`config.json`, `model.safetensors` or a sharded index, `tokenizer.json`), with
+    /// the default [`LoadOptions`]: the frozen weights kept as stored. Local files only.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(path, device, &LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options: keep the frozen weights as stored (the default; the CPU engine multiplies
+    /// from them) or expand them to f32, and the memory limit to check the weights against before reading them.
+    /// Weights kept as stored need the CPU: on another device only `base_weights = f32` loads.
+    pub fn load_with(path: &Path, device: &Device, options: &LoadOptions) -> Result<Self> {
+        if options.keep() && !device.is_cpu() {
+            return Err(Error::model(
+                path,
+                "base_weights = keep needs the CPU (the engine that multiplies from stored weights is CPU-only); \
+                 load on the CPU, or use base_weights = f32 on this device",
+            ));
+        }
         let parts = if path.is_dir() {
-            hf::load(path, device)?
+            hf::load(path, device, options)?
         } else if path.is_file() {
-            gguf::load(path, device)?
+            gguf::load(path, device, options)?
         } else {
             return Err(Error::model(
                 path,
@@ -99,6 +115,35 @@ impl Model {
     /// The path the model was loaded from.
     pub fn source(&self) -> &Path {
         &self.source
+    }
+
+    /// Bytes the loaded weights occupy in memory (frozen matrices as stored, norms and biases as f32).
+    pub fn resident_bytes(&self) -> u64 {
+        let w = &self.weights;
+        let t = |t: &Tensor| (t.elem_count() * 4) as u64;
+        let m = |m: &Matrix| m.resident_bytes() as u64;
+        let mut sum = m(&w.embed) + t(&w.norm) + w.lm_head.as_ref().map_or(0, m);
+        for l in &w.layers {
+            sum += t(&l.input_norm) + t(&l.post_norm) + l.linears.iter().map(m).sum::<u64>();
+            sum += l.qkv_bias.iter().flatten().map(t).sum::<u64>();
+        }
+        sum
+    }
+
+    /// How many frozen matrices are stored in each type (`Q4_1`, `F32`, ...), sorted by type name.
+    pub fn weight_types(&self) -> Vec<(String, usize)> {
+        let w = &self.weights;
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        let all = std::iter::once(&w.embed)
+            .chain(w.lm_head.as_ref())
+            .chain(w.layers.iter().flat_map(|l| l.linears.iter()));
+        for m in all {
+            *counts.entry(m.type_name()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     /// The device the weights live on.

@@ -71,7 +71,7 @@ fn embed(
         )
     }
     let x = ws.xs[0].fit(ids.len() * h);
-    net.embed.gather_rows(ids, x);
+    net.embed.gather_rows(ids, x)?;
     if let Some((n, alpha)) = noise.and_then(|n| n.neftune_alpha.map(|a| (n, a))) {
         // NEFTune (transformers `neftune_post_forward_hook`): U(-mag, mag), mag = alpha / sqrt(T * H).
         let mag = (alpha / ((t * h) as f64).sqrt()) as f32;

@@ -70,7 +70,7 @@ fn x_wt_panels(
     while r0 < rows {
         let r1 = (r0 + step).min(rows);
         let p = panel.fit((r1 - r0) * cols);
-        w.expand_rows(r0, r1, p);
+        w.expand_rows(r0, r1, p)?;
         matmul(
             y,
             r0,
@@ -118,7 +118,7 @@ fn g_w_panels(
     while c0 < cols {
         let c1 = (c0 + step).min(cols);
         let p = panel.fit(rows * (c1 - c0));
-        w.expand_cols(c0, c1, p);
+        w.expand_cols(c0, c1, p)?;
         matmul(
             d,
             c0,
