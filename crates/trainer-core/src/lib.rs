@@ -79,6 +79,7 @@ pub mod memory;
 mod model;
 mod ops;
 mod optim;
+mod quant;
 mod rng;
 mod safetensors_file;
 mod tokenizer;
@@ -94,3 +95,7 @@ pub use model::Model;
 pub use optim::AdamWParams;
 pub use tokenizer::SpecialTokens;
 pub use train::{Backend, Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
+
+/// Not part of the API: hooks for the crate's benchmark examples.
+#[doc(hidden)]
+pub use quant::bench as __quant_bench;

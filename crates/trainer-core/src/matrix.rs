@@ -1,83 +1,59 @@
 //! [`Matrix`]: a frozen `[rows, cols]` weight matrix kept in the form it was stored in (f32 on any device, or a
-//! packed CPU form: f16, bf16), expanded to f32 a block of rows or columns at a time when the engine multiplies.
+//! packed CPU form: f16, bf16, GGML blocks), expanded to f32 a block of rows or columns at a time when the engine multiplies.
 //!
 //! Packed rows are independent: row `r` occupies `row_bytes` bytes at `r · row_bytes`, and within a row the values
-//! come in blocks of `block_len` (1 for f16/bf16), so any run of rows, and any block-aligned run of columns, can
+//! come in blocks of `block_len` (1 for f16/bf16, 32 or 256 for GGML blocks), so any run of rows, and any block-aligned run of columns, can
 //! be expanded without touching the rest.
 
 use std::sync::Arc;
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Result, Tensor};
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-/// A packed element type of a frozen weight.
+use crate::quant::{self, QuantType};
+
+/// A packed element type of a frozen weight: a [`QuantType`] other than `F32` (f16, bf16, a GGML block type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Packed {
-    /// IEEE half precision, 2 bytes a value.
-    F16,
-    /// bfloat16, 2 bytes a value.
-    BF16,
-    /// A GGML block type (32 or 256 values a block).
-    Ggml(GgmlDType),
-}
+pub(crate) struct Packed(QuantType);
 
 impl Packed {
+    /// IEEE half precision.
+    pub(crate) const F16: Packed = Packed(QuantType::F16);
+    /// bfloat16.
+    pub(crate) const BF16: Packed = Packed(QuantType::BF16);
+
     /// The packed type of a GGML type id, if this crate decodes it (`F32`, id 0, is not packed).
     pub(crate) fn from_ggml_id(id: u32) -> Option<Self> {
-        Some(match id {
-            1 => Packed::F16,
-            30 => Packed::BF16,
-            2 => Packed::Ggml(GgmlDType::Q4_0),
-            3 => Packed::Ggml(GgmlDType::Q4_1),
-            6 => Packed::Ggml(GgmlDType::Q5_0),
-            7 => Packed::Ggml(GgmlDType::Q5_1),
-            8 => Packed::Ggml(GgmlDType::Q8_0),
-            10 => Packed::Ggml(GgmlDType::Q2K),
-            11 => Packed::Ggml(GgmlDType::Q3K),
-            12 => Packed::Ggml(GgmlDType::Q4K),
-            13 => Packed::Ggml(GgmlDType::Q5K),
-            14 => Packed::Ggml(GgmlDType::Q6K),
+        Some(Packed(match id {
+            1 => QuantType::F16,
+            30 => QuantType::BF16,
+            2 => QuantType::Q4_0,
+            3 => QuantType::Q4_1,
+            6 => QuantType::Q5_0,
+            7 => QuantType::Q5_1,
+            8 => QuantType::Q8_0,
+            10 => QuantType::Q2K,
+            11 => QuantType::Q3K,
+            12 => QuantType::Q4K,
+            13 => QuantType::Q5K,
+            14 => QuantType::Q6K,
             _ => return None,
-        })
+        }))
     }
 
     /// The name used in files and messages (`F16`, `Q4_K`, ...).
     pub(crate) fn name(self) -> &'static str {
-        match self {
-            Packed::F16 => "F16",
-            Packed::BF16 => "BF16",
-            Packed::Ggml(t) => match t {
-                GgmlDType::Q4_0 => "Q4_0",
-                GgmlDType::Q4_1 => "Q4_1",
-                GgmlDType::Q5_0 => "Q5_0",
-                GgmlDType::Q5_1 => "Q5_1",
-                GgmlDType::Q8_0 => "Q8_0",
-                GgmlDType::Q2K => "Q2_K",
-                GgmlDType::Q3K => "Q3_K",
-                GgmlDType::Q4K => "Q4_K",
-                GgmlDType::Q5K => "Q5_K",
-                GgmlDType::Q6K => "Q6_K",
-                _ => "GGML",
-            },
-        }
+        self.0.name()
     }
 
     /// Values per block (a row's length must be a multiple of it).
     pub(crate) fn block_len(self) -> usize {
-        match self {
-            Packed::F16 | Packed::BF16 => 1,
-            Packed::Ggml(t) => t.block_size(),
-        }
+        self.0.block_len()
     }
 
     /// Bytes per block.
     pub(crate) fn block_bytes(self) -> usize {
-        match self {
-            Packed::F16 | Packed::BF16 => 2,
-            Packed::Ggml(t) => t.type_size(),
-        }
+        self.0.block_bytes()
     }
 
     /// Bytes of a row of `cols` values (`cols` a multiple of [`Packed::block_len`]).
@@ -87,35 +63,7 @@ impl Packed {
 
     /// Expands whole blocks `bytes` into `out` (`out.len()` values).
     pub(crate) fn expand(self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-        const CHUNK: usize = 64;
-        match self {
-            Packed::F16 => {
-                let mut tmp = [half::f16::ZERO; CHUNK];
-                for (o, b) in out.chunks_mut(CHUNK).zip(bytes.chunks(2 * CHUNK)) {
-                    let t = &mut tmp[..o.len()];
-                    for (v, b) in t.iter_mut().zip(b.chunks_exact(2)) {
-                        *v = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
-                    }
-                    t.convert_to_f32_slice(o);
-                }
-            }
-            Packed::BF16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-                }
-            }
-            Packed::Ggml(t) => {
-                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    t,
-                    bytes,
-                    vec![out.len()],
-                    &Device::Cpu,
-                )?;
-                let v = q.dequantize(&Device::Cpu)?.to_vec1::<f32>()?;
-                out.copy_from_slice(&v);
-            }
-        }
-        Ok(())
+        quant::dequantize(self.0, bytes, out).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
