@@ -41,8 +41,10 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Model: a Hugging Face folder or a .gguf file.
+    /// Model: a Hugging Face folder or a .gguf file (or the first part of a split one, NAME-00001-of-0000N.gguf).
     model: PathBuf = PathBuf::new();
+    /// Base weights in memory: keep (as stored in the file: Q4_K, Q8_0, F16, BF16...; far less memory) or f32 (expanded when loading).
+    base_weights: String = "keep".to_string();
     /// Raw text: a file, or a folder of .txt files (joined with the hard cut).
     text: PathBuf = PathBuf::new();
     /// Dataset: a JSON array or JSON Lines file of instruction records (with `format`) or chat records (`messages`).

@@ -166,14 +166,22 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
     let files = dataset::read_files(&settings)?;
 
     let t0 = Instant::now();
-    let model = Model::load(&settings.model, &candle_device())
+    let options = load_options(&settings.base_weights)?;
+    let model = Model::load_with(&settings.model, &candle_device(), &options)
         .with_context(|| format!("cannot load model {}", settings.model.display()))?;
     if !quiet {
+        let types: Vec<String> = model
+            .weight_types()
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
         eprintln!(
-            "loaded {} ({}, {} layers) in {:.1}s",
+            "loaded {} ({}, {} layers; weights {}, {} in memory) in {:.1}s",
             settings.model.display(),
             model.config().model_type,
             model.config().num_hidden_layers,
+            types.join(", "),
+            mib(model.resident_bytes()),
             t0.elapsed().as_secs_f64()
         );
     }
@@ -251,6 +259,28 @@ pub fn prepare(settings: Settings, quiet: bool) -> Result<Prepared> {
     })
 }
 
+/// The load options of the `base_weights` setting (`keep` or `f32`).
+pub fn load_options(base_weights: &str) -> Result<trainer_core::LoadOptions> {
+    let base_weights = match base_weights {
+        "keep" => trainer_core::BaseWeights::Keep,
+        "f32" => trainer_core::BaseWeights::F32,
+        other => bail!("setting `base_weights` is `{other}`: give keep or f32"),
+    };
+    Ok(trainer_core::LoadOptions {
+        base_weights,
+        ..Default::default()
+    })
+}
+
+/// Bytes as MiB (or GiB above 10 GiB) for messages.
+fn mib(bytes: u64) -> String {
+    if bytes >= 10 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
 /// The device the command line runs on: the CPU (trainer-core's `cuda`
 /// feature is not wired into the command line yet).
 pub fn candle_device() -> candle_core::Device {
@@ -314,6 +344,38 @@ fn dry_run(p: &Prepared, show: usize) -> Result<()> {
         p.lora.target_modules.join(",")
     );
     println!("\n# plan\n{}", plan_text(p));
+    let s = &p.settings;
+    let est = |ckpt| {
+        p.model
+            .estimate_training(&p.lora, (s.batch_size, s.cutoff), ckpt)
+    };
+    let (with, without) = (est(true)?, est(false)?);
+    let chosen = if s.gradient_checkpointing {
+        with
+    } else {
+        without
+    };
+    println!(
+        "memory:         about {} at peak: weights {} + trainable and optimizer {} + activations {} (batch {} x cutoff {}) + runtime {}\n                gradient_checkpointing = true: about {}; = false: about {}",
+        mib(chosen.total()),
+        mib(chosen.weights),
+        mib(chosen.trainable),
+        mib(chosen.activations),
+        s.batch_size,
+        s.cutoff,
+        mib(chosen.runtime),
+        mib(with.total()),
+        mib(without.total())
+    );
+    if let Some(limit) = trainer_core::memory::process_limit() {
+        if chosen.total() > limit.bytes {
+            println!(
+                "warning:        that is more than the {} this process can have ({}): set gradient_checkpointing = true, or lower batch_size or cutoff",
+                mib(limit.bytes),
+                limit.source
+            );
+        }
+    }
     for (i, sample) in p.data.samples.iter().take(show).enumerate() {
         let segments = trainer_core::dataset::dump_segments(p.model.tokenizer(), sample)?;
         let masked = sample.labels[1..].contains(&trainer_core::IGNORE_INDEX);

@@ -259,6 +259,50 @@ pub fn estimate_training(
     }
 }
 
+impl crate::Model {
+    /// [`estimate_training`] for this model and these LoRA settings: micro-batches of `batch` sequences of up to
+    /// `seq` tokens, with or without gradient checkpointing. Errors name unknown target modules.
+    pub fn estimate_training(
+        &self,
+        lora: &lora_targets::LoraSettings,
+        (batch, seq): (usize, usize),
+        checkpointing: bool,
+    ) -> Result<MemoryEstimate> {
+        let modules = lora_targets::resolve(&lora.target_modules, &self.linear_modules())?;
+        let c = &self.config;
+        let (h, q, kv, i) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        let per_layer: usize = modules
+            .iter()
+            .map(|m| {
+                let (out, inp) = match m.as_str() {
+                    "q_proj" => (q, h),
+                    "k_proj" | "v_proj" => (kv, h),
+                    "o_proj" => (h, q),
+                    "down_proj" => (h, i),
+                    _ => (i, h),
+                };
+                lora.r * (out + inp)
+            })
+            .sum();
+        let full = c.vocab_size * h * lora.modules_to_save.len();
+        let trainable = (per_layer * c.num_hidden_layers + full) as u64;
+        Ok(estimate_training(
+            c,
+            self.resident_bytes(),
+            trainable,
+            (batch, seq),
+            lora.r,
+            modules.len(),
+            checkpointing,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
