@@ -99,3 +99,7 @@ pub use train::{Backend, Control, Sample, StepStats, TrainConfig, Trainer, IGNOR
 /// Not part of the API: hooks for the crate's benchmark examples.
 #[doc(hidden)]
 pub use quant::bench as __quant_bench;
+
+/// Not part of the API: timing hooks of the engine's products for the crate's benchmark examples.
+#[doc(hidden)]
+pub use engine::bench as __engine_bench;

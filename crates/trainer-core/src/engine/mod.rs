@@ -10,6 +10,8 @@
 //! over the composed ops of `decoder.rs`.
 
 mod attention;
+pub mod bench;
+mod bf16;
 mod gemm;
 mod head;
 mod kernels;
