@@ -198,8 +198,8 @@ impl MemoryEstimate {
 
 /// The fixed allowance for the rest of the process in [`MemoryEstimate::runtime`] (measured: 100-200 MB).
 const RUNTIME: u64 = 200 << 20;
-/// Rows of the output projection computed at once (as the engine does).
-const HEAD_CHUNK: u64 = 256;
+/// Rows of the output projection computed at once (as the engine does for a packed head; 256 for an f32 one).
+const HEAD_CHUNK: u64 = 512;
 /// The largest expanded weight panel (as the engine does), in f32 values.
 const PANEL: u64 = 1 << 20;
 

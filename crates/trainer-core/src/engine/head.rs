@@ -10,9 +10,21 @@ use super::layer::Dims;
 use super::net::Net;
 use super::product::{g_w, x_wt};
 use super::workspace::{Buf, HeadBufs};
+use crate::matrix::{MatrixRef, RefData};
 
 /// Rows of the output projection computed at once (the `[rows, vocab]` logits buffer).
 const HEAD_CHUNK: usize = 256;
+/// The same for a packed head: twice the rows, so the head is expanded half as often (a 100 MB buffer for
+/// SmolLM2's 49152 tokens).
+const PACKED_HEAD_CHUNK: usize = 512;
+
+/// Rows per chunk for this head.
+fn chunk_rows(head: &MatrixRef) -> usize {
+    match head.data {
+        RefData::F32(_) => HEAD_CHUNK,
+        RefData::Packed { .. } => PACKED_HEAD_CHUNK,
+    }
+}
 
 /// The final RMSNorm of the residual stream `x` into `hb.hf`.
 fn final_norm(net: &Net, dims: &Dims, x: &[f32], hb: &mut HeadBufs) {
@@ -62,11 +74,12 @@ pub(crate) fn loss_backward(
     check_targets(targets, vocab)?;
     final_norm(net, dims, x, hb);
     let scale = 1.0 / total as f32;
-    let chunk = HEAD_CHUNK.min(rows.len());
+    let rows_per = chunk_rows(&net.head);
+    let chunk = rows_per.min(rows.len());
     let d_hf = hb.d_hf.fit(x.len());
     d_hf.fill(0.0);
     let mut nll = 0f64;
-    for (rows, targets) in rows.chunks(HEAD_CHUNK).zip(targets.chunks(HEAD_CHUNK)) {
+    for (rows, targets) in rows.chunks(rows_per).zip(targets.chunks(rows_per)) {
         let len = rows.len();
         let rows_in = &mut hb.rows_in.fit(chunk * h)[..len * h];
         gather(&hb.hf, rows, h, rows_in)?;
@@ -124,9 +137,10 @@ pub(crate) fn nll_sum(
     let vocab = net.head.rows;
     check_targets(targets, vocab)?;
     final_norm(net, dims, x, hb);
-    let chunk = HEAD_CHUNK.min(rows.len());
+    let rows_per = chunk_rows(&net.head);
+    let chunk = rows_per.min(rows.len());
     let mut nll = 0f64;
-    for (rows, targets) in rows.chunks(HEAD_CHUNK).zip(targets.chunks(HEAD_CHUNK)) {
+    for (rows, targets) in rows.chunks(rows_per).zip(targets.chunks(rows_per)) {
         let len = rows.len();
         let rows_in = &mut hb.rows_in.fit(chunk * h)[..len * h];
         gather(&hb.hf, rows, h, rows_in)?;
