@@ -26,6 +26,21 @@ pub(crate) fn rms_forward(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], inv: 
         });
 }
 
+/// The normalized rows `w ⊙ (x · inv)` of `x` given each row's `1 / rms` (what [`rms_forward`] wrote, bit for bit).
+pub(crate) fn rms_apply(x: &[f32], inv: &[f32], w: &[f32], out: &mut [f32]) {
+    let n = w.len();
+    out.par_chunks_mut(n * ROWS_PER_TASK)
+        .zip(x.par_chunks(n * ROWS_PER_TASK))
+        .zip(inv.par_chunks(ROWS_PER_TASK))
+        .for_each(|((o, x), inv)| {
+            for ((o, x), &r) in o.chunks_mut(n).zip(x.chunks(n)).zip(inv) {
+                for ((o, x), &w) in o.iter_mut().zip(x).zip(w) {
+                    *o = w * (x * r);
+                }
+            }
+        });
+}
+
 /// RMSNorm backward: `dx += d rmsnorm(x) / dx · g` for rows of `x` with forward `1 / rms` `inv`.
 pub(crate) fn rms_backward(g: &[f32], x: &[f32], inv: &[f32], w: &[f32], dx: &mut [f32]) {
     let n = w.len();

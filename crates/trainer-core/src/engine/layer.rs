@@ -244,29 +244,36 @@ pub(crate) fn forward(
             false,
         )
     };
-    kernels::rms_forward(x, w.input_norm, d.eps, s.h1.fit(x.len()), s.inv1.fit(n));
+    kernels::rms_forward(x, w.input_norm, d.eps, sc.h.fit(x.len()), s.inv1.fit(n));
     let [lq, lk, lv, lo, lg, lu, ld] = &mut s.lora;
     let tmp = &mut sc.tmp;
-    project(ctx, w, 0, &s.h1, &mut s.q, lq, tmp, noise.as_deref_mut())?;
-    project(ctx, w, 1, &s.h1, &mut s.k, lk, tmp, noise.as_deref_mut())?;
-    project(ctx, w, 2, &s.h1, &mut s.v, lv, tmp, noise.as_deref_mut())?;
+    project(ctx, w, 0, &sc.h, &mut s.q, lq, tmp, noise.as_deref_mut())?;
+    project(ctx, w, 1, &sc.h, &mut s.k, lk, tmp, noise.as_deref_mut())?;
+    project(ctx, w, 2, &sc.h, &mut s.v, lv, tmp, noise.as_deref_mut())?;
     rot(&mut s.q, d.heads);
     rot(&mut s.k, d.kv_heads);
     let probs = if train { Some(&mut s.probs) } else { None };
+    // The attention output is needed again only as a LoRA input of o_proj.
+    let attn = if train && w.lora[3].is_some() {
+        &mut s.attn
+    } else {
+        s.attn.fit(0);
+        &mut sc.attn
+    };
     attention(
         ctx,
         (&s.q, &s.k, &s.v),
         probs,
         &mut sc.heads,
-        s.attn.fit(n * d.q_width()),
+        attn.fit(n * d.q_width()),
     )?;
-    project(ctx, w, 3, &s.attn, &mut s.x2, lo, tmp, noise.as_deref_mut())?;
+    project(ctx, w, 3, attn, &mut s.x2, lo, tmp, noise.as_deref_mut())?;
     kernels::add_assign(&mut s.x2, x);
-    kernels::rms_forward(&s.x2, w.post_norm, d.eps, s.h2.fit(x.len()), s.inv2.fit(n));
-    project(ctx, w, 4, &s.h2, &mut s.gate, lg, tmp, noise.as_deref_mut())?;
-    project(ctx, w, 5, &s.h2, &mut s.up, lu, tmp, noise.as_deref_mut())?;
-    kernels::swiglu(&s.gate, &s.up, s.act.fit(n * d.inter));
-    project(ctx, w, 6, &s.act, out, ld, tmp, noise)?;
+    kernels::rms_forward(&s.x2, w.post_norm, d.eps, sc.h.fit(x.len()), s.inv2.fit(n));
+    project(ctx, w, 4, &sc.h, &mut s.gate, lg, tmp, noise.as_deref_mut())?;
+    project(ctx, w, 5, &sc.h, &mut s.up, lu, tmp, noise.as_deref_mut())?;
+    kernels::swiglu(&s.gate, &s.up, sc.act.fit(n * d.inter));
+    project(ctx, w, 6, &sc.act, out, ld, tmp, noise)?;
     kernels::add_assign(out, &s.x2);
     Ok(())
 }
@@ -285,15 +292,22 @@ pub(crate) fn backward(
     let d = ctx.dims;
     let n = d.n();
     let l = &s.lora;
+    let has = |ms: &[usize]| ms.iter().any(|&m| w.lora[m].is_some());
     let tmp = &mut sc.tmp;
-    // MLP: out = x2 + down(silu(gate) · up).
+    // MLP: out = x2 + down(silu(gate) · up). Its input, silu(gate) · up, is needed only by a LoRA pair on down_proj.
+    if has(&[6]) {
+        kernels::swiglu(&s.gate, &s.up, sc.act.fit(n * d.inter));
+    }
     let d_gate = sc.d_gate.fit(n * d.inter);
-    project_backward(ctx, w, 6, &s.act, &l[6], dy, d_gate, Mode::Set, tmp, grads)?;
+    project_backward(ctx, w, 6, &sc.act, &l[6], dy, d_gate, Mode::Set, tmp, grads)?;
     let d_up = sc.d_up.fit(n * d.inter);
     kernels::swiglu_backward(&s.gate, &s.up, d_gate, d_up);
+    if has(&[4, 5]) {
+        kernels::rms_apply(&s.x2, &s.inv2, w.post_norm, sc.h.fit(n * d.hidden));
+    }
     let d_h = sc.d_h.fit(n * d.hidden);
-    project_backward(ctx, w, 4, &s.h2, &l[4], d_gate, d_h, Mode::Set, tmp, grads)?;
-    project_backward(ctx, w, 5, &s.h2, &l[5], d_up, d_h, Mode::Add, tmp, grads)?;
+    project_backward(ctx, w, 4, &sc.h, &l[4], d_gate, d_h, Mode::Set, tmp, grads)?;
+    project_backward(ctx, w, 5, &sc.h, &l[5], d_up, d_h, Mode::Add, tmp, grads)?;
     kernels::rms_backward(d_h, &s.x2, &s.inv2, w.post_norm, dy);
     // Attention: x2 = x + o(attn(q, k, v)).
     let d_attn = sc.d_attn.fit(n * d.q_width());
@@ -304,11 +318,14 @@ pub(crate) fn backward(
     };
     inv_rope(&mut sc.dq, d.q_width());
     inv_rope(&mut sc.dk, d.kv_width());
+    if has(&[0, 1, 2]) {
+        kernels::rms_apply(x, &s.inv1, w.input_norm, sc.h.fit(n * d.hidden));
+    }
     let tmp = &mut sc.tmp;
     let d_h = sc.d_h.fit(n * d.hidden);
-    project_backward(ctx, w, 0, &s.h1, &l[0], &sc.dq, d_h, Mode::Set, tmp, grads)?;
-    project_backward(ctx, w, 1, &s.h1, &l[1], &sc.dk, d_h, Mode::Add, tmp, grads)?;
-    project_backward(ctx, w, 2, &s.h1, &l[2], &sc.dv, d_h, Mode::Add, tmp, grads)?;
+    project_backward(ctx, w, 0, &sc.h, &l[0], &sc.dq, d_h, Mode::Set, tmp, grads)?;
+    project_backward(ctx, w, 1, &sc.h, &l[1], &sc.dk, d_h, Mode::Add, tmp, grads)?;
+    project_backward(ctx, w, 2, &sc.h, &l[2], &sc.dv, d_h, Mode::Add, tmp, grads)?;
     kernels::rms_backward(d_h, x, &s.inv1, w.input_norm, dy);
     Ok(())
 }

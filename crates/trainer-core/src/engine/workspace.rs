@@ -51,24 +51,24 @@ pub(crate) struct LoraSaved {
     pub dropout: Option<Dropout>,
 }
 
-/// The activations of one layer kept for its backward (its input is kept by the caller).
+/// The activations of one layer kept for its backward (its input is kept by the caller). The normalized inputs
+/// and `silu(gate) · up` are not kept: they are recomputed from what is (cheap element-wise work) when a LoRA pair
+/// needs them as its input, and the attention output is kept only for a LoRA pair on `o_proj`.
 #[derive(Default)]
 pub(crate) struct Saved {
     pub inv1: Buf,
-    pub h1: Buf,
     /// After RoPE.
     pub q: Buf,
     pub k: Buf,
     pub v: Buf,
     /// `[b, heads, t, t]` (only when training).
     pub probs: Buf,
+    /// Only with a LoRA pair on `o_proj` (else empty).
     pub attn: Buf,
     pub x2: Buf,
     pub inv2: Buf,
-    pub h2: Buf,
     pub gate: Buf,
     pub up: Buf,
-    pub act: Buf,
     pub lora: [LoraSaved; 7],
 }
 
@@ -76,7 +76,6 @@ impl Saved {
     fn bytes(&self) -> usize {
         [
             &self.inv1,
-            &self.h1,
             &self.q,
             &self.k,
             &self.v,
@@ -84,10 +83,8 @@ impl Saved {
             &self.attn,
             &self.x2,
             &self.inv2,
-            &self.h2,
             &self.gate,
             &self.up,
-            &self.act,
         ]
         .iter()
         .map(|b| b.bytes())
@@ -113,6 +110,12 @@ pub(crate) struct Tmp {
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub tmp: Tmp,
+    /// A normalized input (`h1`, then `h2`), computed in forward and recomputed in backward.
+    pub h: Buf,
+    /// The attention output when it is not kept.
+    pub attn: Buf,
+    /// `silu(gate) · up`, computed in forward and recomputed in backward.
+    pub act: Buf,
     /// Attention output per head, `[b, heads, t, hd]`.
     pub heads: Buf,
     pub d_gate: Buf,
@@ -138,6 +141,9 @@ impl Scratch {
             &self.tmp.du,
             &self.tmp.dx,
             &self.tmp.panel,
+            &self.h,
+            &self.attn,
+            &self.act,
             &self.heads,
             &self.d_gate,
             &self.d_up,
