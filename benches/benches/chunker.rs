@@ -12,7 +12,7 @@ use prts_chunker::{
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/");
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/");
 const HARD_CUT: &str = "\n\n\n";
 
 fn chunker(c: &mut Criterion) {

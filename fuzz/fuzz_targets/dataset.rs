@@ -34,7 +34,8 @@ struct Input {
     eliminate: bool,
 }
 
-/// Fixed templates: arbitrary template text is only compiled, never rendered (a template can loop for ever).
+/// Fixed templates; besides them, the fuzzer's own template text is compiled and rendered: the render limits
+/// bound what any template can do (fuel, output, values), so even a template bomb ends quickly in an error.
 const FIELDS: [&str; 4] = ["instruction", "input", "output", "text"];
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 const SHAREGPT_ROLES: [&str; 3] = ["system", "human", "gpt"];
@@ -58,7 +59,7 @@ fuzz_target!(|inp: Input| {
     let path = Path::new("fuzz.jsonl");
     let _ = ChatTemplate::new(&inp.template, Path::new("t.jinja"), "<s>", "</s>");
     let _ = Format::parse(&inp.format, Path::new("f.json"));
-    let chat = inp.kind % 4 != 0;
+    let chat = inp.kind % 5 != 0;
     let records = if inp.use_raw {
         match parse_records(&inp.raw, path) {
             Ok(r) => r,
@@ -69,7 +70,7 @@ fuzz_target!(|inp: Input| {
             .records
             .iter()
             .map(|pairs| {
-                if chat && inp.kind % 4 == 3 {
+                if chat && inp.kind % 5 == 3 {
                     // ShareGPT shape: `conversations` of `{from, value}` (roles as ShareGPT names them).
                     let turns: Vec<serde_json::Value> = pairs
                         .iter()
@@ -125,7 +126,12 @@ fuzz_target!(|inp: Input| {
             LongSamples::Truncate
         },
     };
-    let kind = match inp.kind % 4 {
+    let train_on = if inp.kind & 8 == 0 {
+        TrainOn::Responses
+    } else {
+        TrainOn::All
+    };
+    let kind = match inp.kind % 5 {
         0 => match Format::parse(
             if inp.use_raw { &inp.format } else { FORMAT },
             Path::new("f.json"),
@@ -136,6 +142,10 @@ fuzz_target!(|inp: Input| {
             },
             Err(_) => return,
         },
+        4 => match ChatTemplate::new(&inp.template, Path::new("t.jinja"), "<s>", "</s>") {
+            Ok(template) => DatasetKind::Chat { template, train_on },
+            Err(_) => return,
+        },
         k => DatasetKind::Chat {
             template: ChatTemplate::new(
                 TEMPLATES[usize::from(k - 1)],
@@ -144,11 +154,7 @@ fuzz_target!(|inp: Input| {
                 "</s>",
             )
             .expect("fixed template compiles"),
-            train_on: if inp.kind & 4 == 0 {
-                TrainOn::Responses
-            } else {
-                TrainOn::All
-            },
+            train_on,
         },
     };
     let tok = tokenizer().tokenizer();
@@ -171,6 +177,7 @@ fuzz_target!(|inp: Input| {
                 sample,
                 truncated,
                 tokens,
+                ..
             } => {
                 let n = sample.input_ids.len();
                 assert!(n >= 2 && n <= opts.cutoff && n == sample.labels.len());

@@ -58,6 +58,7 @@ fuzz_target!(|input: Input| {
         grad_accum: shrink(input.grad_accum),
         epochs,
         warmup,
+        max_steps: None,
     };
     let schedule = match input.schedule {
         ArbSchedule::Named(i) => Schedule::all()[usize::from(i) % Schedule::NAMES.len()],

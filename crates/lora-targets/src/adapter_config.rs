@@ -261,7 +261,10 @@ impl AdapterConfig {
                 .filter(|l| !l.is_empty() && source.line() > 0)
                 .map(|l| format!(", in `{}`", l.chars().take(120).collect::<String>()))
                 .unwrap_or_default();
-            Error::Json { source, line_text }
+            Error::Json {
+                cause: source,
+                line_text,
+            }
         })?;
         if cfg.peft_type != "LORA" {
             return Err(Error::Unsupported {
@@ -307,21 +310,23 @@ impl AdapterConfig {
             path: path.to_owned(),
             source,
         };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let result = std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(self.to_json().as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(e));
-        }
+        // A temporary file beside the target, synced, then renamed over it.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.tmp"))
+            .tempfile_in(dir)
+            .map_err(io)?;
+        tmp.write_all(self.to_json().as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     }
 }

@@ -51,11 +51,10 @@ pub enum Error {
         expected: &'static str,
     },
     /// `adapter_config.json` is not valid JSON or does not have the expected shape.
-    #[error("adapter config is not a valid PEFT LoRA config: {source}{line_text} (fix the file or re-export it with PEFT)")]
+    #[error("adapter config is not a valid PEFT LoRA config: {cause}{line_text} (fix the file or re-export it with PEFT)")]
     Json {
-        /// The parser's error, which names the line and column.
-        #[source]
-        source: serde_json::Error,
+        /// The parser's error, which names the line and column (shown in the message).
+        cause: serde_json::Error,
         /// `: <the offending line>` (so the field is named), or empty.
         line_text: String,
     },
@@ -78,22 +77,22 @@ pub enum Error {
         reason: &'static str,
     },
     /// Reading or writing a file failed.
-    #[error("{action} `{path}`: {source}")]
+    #[error("{action} `{path}`")]
     Io {
         /// "cannot read", "cannot write", ...
         action: &'static str,
         /// The file.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (the [`source`](std::error::Error::source) of this one).
         #[source]
         source: std::io::Error,
     },
     /// A file's contents were rejected.
-    #[error("in `{path}`: {source}")]
+    #[error("in `{path}`")]
     InFile {
         /// The file.
         path: PathBuf,
-        /// What was wrong with it.
+        /// What was wrong with it (the [`source`](std::error::Error::source) of this one).
         #[source]
         source: Box<Error>,
     },

@@ -56,9 +56,11 @@ mod error;
 mod keys;
 mod preset;
 mod settings;
+mod targets;
 
 pub use adapter_config::{AdapterConfig, TargetModules};
 pub use error::Error;
 pub use keys::{lora_tensor_key, parse_lora_tensor_key, saved_module_key, LoraPart};
 pub use preset::{resolve, Arch, Preset};
 pub use settings::LoraSettings;
+pub use targets::Targets;

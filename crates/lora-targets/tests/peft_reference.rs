@@ -7,7 +7,7 @@ use lora_targets::{
 
 fn reference(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/peft-reference-qv")
+        .join("../../testdata/peft-reference-qv")
         .join(file)
 }
 
@@ -89,7 +89,7 @@ fn written_config_has_what_peft_needs_and_matches_the_reference() {
 
 #[test]
 fn the_minimal_hand_written_config_loads() {
-    // The minimal config verified to load with PeftModel.from_pretrained (candle-notes §11).
+    // The minimal config verified to load with PeftModel.from_pretrained.
     let cfg = AdapterConfig::from_json(
         r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj","v_proj"],
             "task_type":"CAUSAL_LM","use_rslora":true}"#,
@@ -154,8 +154,8 @@ fn bad_configs_give_errors_that_name_the_field_or_line() {
 
 #[test]
 fn load_and_save_name_the_file_and_write_atomically() {
-    let dir = std::env::temp_dir().join(format!("lora-targets-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let path = dir.join("adapter_config.json");
     let err = AdapterConfig::load(&path).unwrap_err();
     assert!(err.to_string().contains("adapter_config.json"), "{err}");
@@ -163,19 +163,25 @@ fn load_and_save_name_the_file_and_write_atomically() {
     let (_, cfg) = read_reference_config();
     cfg.save(&path).unwrap();
     assert_eq!(AdapterConfig::load(&path).unwrap(), cfg);
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 
     std::fs::write(&path, "{\"peft_type\": \"LORA\",\n \"r\": }").unwrap();
-    let err = AdapterConfig::load(&path).unwrap_err().to_string();
+    // The error names the file; its source, the parse error, names the line.
+    let err = AdapterConfig::load(&path).unwrap_err();
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
     assert!(
-        err.contains("adapter_config.json") && err.contains("line 2"),
-        "{err}"
+        text.contains("adapter_config.json") && text.contains("line 2"),
+        "{text}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The tensor names in a safetensors file: an 8-byte little-endian header length, then a JSON header.

@@ -1,4 +1,4 @@
 //! Integration tests for `lora-targets`.
 
-// Reading the real PEFT 0.21.2 reference adapter in `../shared/data/peft-reference-qv`.
+// Reading the real PEFT 0.21.2 reference adapter in `testdata/peft-reference-qv`.
 mod peft_reference;

@@ -1,8 +1,7 @@
 //! What the two pictures share: the embedded font, the palette, the title and
 //! legend strip, and the atomic PNG write.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::coord::Shift;
@@ -66,34 +65,38 @@ pub(crate) fn write_png_atomically(
     (width, height): (u32, u32),
     draw: impl FnOnce(&Area<'_>) -> Result<(), String>,
 ) -> Result<(), Error> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let font = ensure_font(path)?;
     let name = path
         .file_name()
         .ok_or_else(|| render_error(path, "the output path has no file name"))?
         .to_string_lossy();
-    let tmp: PathBuf = path.with_file_name(format!(
-        ".{name}.tmp-{}-{}.png",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let root = Canvas::new(BitMapBackend::new(&tmp, (width, height)), font).into_drawing_area();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |action, source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    // The `.png` suffix tells the bitmap backend which encoder to use.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp"))
+        .suffix(".png")
+        .tempfile_in(dir)
+        .map_err(|e| io("cannot create a temporary file for", e))?;
+    let drawn = (|| {
+        let root =
+            Canvas::new(BitMapBackend::new(tmp.path(), (width, height)), font).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         draw(&root)?;
         root.present().map_err(|e| e.to_string())
     })();
-    let result = result.map_err(|m| render_error(path, m)).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-            action: "cannot move the rendered PNG to",
-            path: path.to_owned(),
-            source,
-        })
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    // On an error the temporary file is removed when `tmp` drops.
+    drawn.map_err(|m| render_error(path, m))?;
+    tmp.persist(path)
+        .map_err(|e| io("cannot move the rendered PNG to", e.error))?;
+    Ok(())
 }
 
 /// One legend entry: how its sample is drawn, and its label.

@@ -24,7 +24,7 @@ fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/");
     let mut args = std::env::args().skip(1);
     let text_path = args
         .next()

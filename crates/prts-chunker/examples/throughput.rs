@@ -33,7 +33,7 @@ impl TokenCounter for Plain<'_> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/");
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "precise+overlap".into());
     let reps: usize = args.next().map_or(Ok(10), |s| s.parse())?;

@@ -33,6 +33,79 @@ pub enum EosPlacement {
     None,
 }
 
+impl Mode {
+    /// Every mode, with the name [`FromStr`](std::str::FromStr) and [`Display`](std::fmt::Display) use.
+    pub const ALL: [(Mode, &'static str); 2] =
+        [(Mode::Precise, "precise"), (Mode::Dementor, "dementor")];
+}
+
+impl EosPlacement {
+    /// Every placement, with the name [`FromStr`](std::str::FromStr) and [`Display`](std::fmt::Display) use.
+    pub const ALL: [(EosPlacement, &'static str); 3] = [
+        (EosPlacement::EveryBlock, "every-block"),
+        (EosPlacement::HardCutOnly, "hard-cut"),
+        (EosPlacement::None, "none"),
+    ];
+}
+
+/// The name of `value` in `table`, or parses a name (case-insensitive, `_` read as `-`).
+fn named<T: Copy + PartialEq>(table: &[(T, &'static str)], value: T) -> &'static str {
+    table
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map_or("", |(_, n)| n)
+}
+
+fn parse_named<T: Copy>(
+    table: &[(T, &'static str)],
+    field: &'static str,
+    s: &str,
+) -> Result<T, ChunkError> {
+    let wanted = s.trim().replace('_', "-");
+    table
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case(&wanted))
+        .map(|(v, _)| *v)
+        .ok_or_else(|| ChunkError::Config {
+            field,
+            value: format!("{s:?}"),
+            reason: format!(
+                "give one of {}",
+                table.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(named(&Mode::ALL, *self))
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ChunkError;
+
+    /// `precise` or `dementor`.
+    fn from_str(s: &str) -> Result<Self, ChunkError> {
+        parse_named(&Mode::ALL, "mode", s)
+    }
+}
+
+impl std::fmt::Display for EosPlacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(named(&EosPlacement::ALL, *self))
+    }
+}
+
+impl std::str::FromStr for EosPlacement {
+    type Err = ChunkError;
+
+    /// `every-block`, `hard-cut` or `none`.
+    fn from_str(s: &str) -> Result<Self, ChunkError> {
+        parse_named(&EosPlacement::ALL, "eos", s)
+    }
+}
+
 /// Settings for [`chunk`](crate::chunk). Build with [`ChunkConfig::new`] and the `with_*` methods.
 ///
 /// Defaults: no hard cut, no overlap, [`Mode::Precise`], [`EosPlacement::HardCutOnly`],
@@ -211,6 +284,27 @@ pub fn unescape_hard_cut(user: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_and_placements_read_back_their_names() {
+        for (m, name) in Mode::ALL {
+            assert_eq!(m.to_string(), name);
+            assert_eq!(name.to_uppercase().parse::<Mode>().unwrap(), m);
+        }
+        for (e, name) in EosPlacement::ALL {
+            assert_eq!(e.to_string(), name);
+            assert_eq!(name.parse::<EosPlacement>().unwrap(), e);
+        }
+        assert_eq!(
+            "hard_cut".parse::<EosPlacement>().unwrap(),
+            EosPlacement::HardCutOnly
+        );
+        let err = "sometimes".parse::<EosPlacement>().unwrap_err().to_string();
+        assert!(
+            err.contains("`eos`") && err.contains("every-block, hard-cut, none"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn unescapes() {

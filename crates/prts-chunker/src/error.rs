@@ -9,11 +9,11 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ChunkError {
     /// A file or folder could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (the [`source`](std::error::Error::source) of this one).
         source: std::io::Error,
     },
     /// A file is not valid UTF-8.

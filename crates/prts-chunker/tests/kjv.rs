@@ -7,7 +7,7 @@ use prts_chunker::{
 };
 use tokenizers::Tokenizer;
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/");
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/");
 const HARD_CUT: &str = "\n\n\n";
 const CUTOFF: usize = 256;
 

@@ -23,6 +23,7 @@
 //!     grad_accum: 8, // too high for 10 blocks: lowered to 2
 //!     epochs: 3.0,
 //!     warmup: Warmup::Steps(1),
+//!     max_steps: None, // Some(n): exactly n optimizer steps, whatever `epochs` says
 //! })?;
 //! assert_eq!((plan.grad_accum, plan.steps_per_epoch, plan.total_steps), (2, 1, 3));
 //! assert!(matches!(plan.warnings[0], Warning::GradAccumLowered { used: 2, .. }));

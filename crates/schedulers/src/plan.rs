@@ -26,10 +26,15 @@ pub struct PlanInput {
     pub batch_size: u64,
     /// Requested gradient accumulation (micro-batches per optimizer step), >= 1.
     pub grad_accum: u64,
-    /// Epochs, finite and > 0; may be fractional.
+    /// Epochs, finite and > 0; may be fractional. Not used when `max_steps` is set.
     pub epochs: f64,
     /// Warmup length.
     pub warmup: Warmup,
+    /// Hugging Face's `max_steps`: when set (>= 1), the run is exactly this many optimizer steps, whatever
+    /// `epochs` says; the data is cycled through as many (possibly partial) epochs as that takes, and a
+    /// warmup ratio is a fraction of these steps.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
 }
 
 /// The optimizer-step plan of a run, shared by the trainer, the schedule, the checkpoint policy and
@@ -45,7 +50,7 @@ pub struct StepPlan {
     pub micro_batches_per_epoch: u64,
     /// Optimizer steps per epoch: `max(1, micro_batches_per_epoch / grad_accum)`.
     pub steps_per_epoch: u64,
-    /// Total optimizer steps: `ceil(epochs * steps_per_epoch)`, >= 1.
+    /// Total optimizer steps: `ceil(epochs * steps_per_epoch)`, or `max_steps` when set; >= 1.
     pub total_steps: u64,
     /// Warmup optimizer steps.
     pub warmup_steps: u64,
@@ -70,6 +75,7 @@ impl StepPlan {
             grad_accum: requested,
             epochs,
             warmup,
+            max_steps,
         } = input;
         if blocks == 0 {
             return Err(Error::invalid(
@@ -88,7 +94,14 @@ impl StepPlan {
                 "a gradient accumulation >= 1",
             ));
         }
-        if !(epochs.is_finite() && epochs > 0.0) {
+        if max_steps == Some(0) {
+            return Err(Error::invalid(
+                "max_steps",
+                0,
+                "at least 1 optimizer step (or no max_steps, to train by epochs)",
+            ));
+        }
+        if max_steps.is_none() && !(epochs.is_finite() && epochs > 0.0) {
             return Err(Error::invalid(
                 "epochs",
                 epochs,
@@ -113,13 +126,19 @@ impl StepPlan {
         }
         let micro_batches_per_epoch = blocks.div_ceil(batch_size);
         let steps_per_epoch = (micro_batches_per_epoch / grad_accum).max(1);
-        let total = (epochs * steps_per_epoch as f64).ceil();
+        let total = match max_steps {
+            Some(n) => n as f64,
+            None => (epochs * steps_per_epoch as f64).ceil(),
+        };
         if total > MAX_TOTAL_STEPS {
-            return Err(Error::invalid(
-                "epochs",
-                epochs,
-                "few enough epochs that the run has at most 9e15 optimizer steps",
-            ));
+            return Err(match max_steps {
+                Some(n) => Error::invalid("max_steps", n, "at most 9e15 optimizer steps"),
+                None => Error::invalid(
+                    "epochs",
+                    epochs,
+                    "few enough epochs that the run has at most 9e15 optimizer steps",
+                ),
+            });
         }
         let total_steps = (total as u64).max(1);
         let warmup_steps = match warmup {
@@ -175,7 +194,29 @@ mod tests {
             grad_accum,
             epochs,
             warmup,
+            max_steps: None,
         }
+    }
+
+    #[test]
+    fn max_steps_replaces_the_epochs_and_the_warmup_ratio_follows_it() {
+        // 10 blocks, batch 2: 5 steps per epoch; 12 steps are 2.4 epochs, whatever `epochs` says.
+        let p = StepPlan::new(PlanInput {
+            max_steps: Some(12),
+            ..input(10, 2, 1, 0.0, Warmup::Ratio(0.25))
+        })
+        .unwrap();
+        assert_eq!(
+            (p.steps_per_epoch, p.total_steps, p.warmup_steps),
+            (5, 12, 3)
+        );
+        assert_eq!(p.epoch_at(12), 2.4);
+        assert_eq!(p.horizon().total_steps(), 12);
+        let zero = StepPlan::new(PlanInput {
+            max_steps: Some(0),
+            ..input(10, 2, 1, 1.0, Warmup::Steps(0))
+        });
+        assert!(zero.unwrap_err().to_string().contains("max_steps"));
     }
 
     #[test]

@@ -4,11 +4,10 @@ use serde_json::Value;
 fn reference() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/hf-schedulers.json"
+        "/../../testdata/hf-schedulers.json"
     );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!("read {path}: {e} (the shared reference data must sit beside the repo)")
-    });
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {path}: {e} (the repository's testdata/ folder)"));
     serde_json::from_str(&text).expect("hf-schedulers.json is valid JSON")
 }
 

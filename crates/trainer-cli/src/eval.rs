@@ -1,20 +1,20 @@
-//! `trainer-cli eval`: perplexity of a model (optionally with an adapter)
-//! on a text, recorded in an evaluations table; or the logits of every
-//! position dumped to safetensors.
+//! `trainer-cli eval`: perplexity of a model (optionally with an adapter) on a text, recorded in an
+//! evaluations table (CSV, beside the adapter unless `--csv` says where); or the logits of every position
+//! dumped to safetensors.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
-use trainer_core::{Adapter, Model};
+use trainer_core::Adapter;
 
+use crate::clock::utc_now;
 use crate::fsutil::write_atomic;
-use crate::train::candle_device;
+use crate::model_files::load_model;
 
 /// Arguments of `trainer-cli eval`.
 #[derive(Debug, Args)]
@@ -40,28 +40,51 @@ pub struct EvalArgs {
     /// Write `input_ids` and `logits` [T, vocab] (f32) of every position to this safetensors file.
     #[arg(long)]
     pub dump_logits: Option<PathBuf>,
-    /// The evaluations table (CSV) that each perplexity is appended to.
-    #[arg(long, default_value = "evaluations.csv")]
-    pub csv: PathBuf,
-    /// Print the evaluations table and exit.
+    /// The evaluations table (CSV) each perplexity is appended to (default: `evaluations.csv` in the
+    /// --adapter folder; without an adapter, nothing is recorded unless this is given).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Print the evaluations table (--csv, or the --adapter folder's) and exit.
     #[arg(long)]
     pub table: bool,
 }
 
-const HEADER: &str = "model,adapter,dataset,perplexity,stride,max_length,date";
+/// The table's file name inside an adapter folder.
+pub const TABLE_FILE: &str = "evaluations.csv";
+
+const HEADER: [&str; 7] = [
+    "model",
+    "adapter",
+    "dataset",
+    "perplexity",
+    "stride",
+    "max_length",
+    "date",
+];
+
+/// Where the table is: `--csv`, else beside the adapter.
+fn table_path(args: &EvalArgs) -> Option<PathBuf> {
+    args.csv
+        .clone()
+        .or_else(|| args.adapter.as_ref().map(|a| a.join(TABLE_FILE)))
+}
 
 /// Runs `trainer-cli eval`.
 pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     if args.table {
-        print_table(&args.csv)?;
+        let Some(csv) = table_path(args) else {
+            bail!(
+                "--table needs --csv FILE or --adapter DIR (the table is kept beside the adapter)"
+            );
+        };
+        print_table(&csv)?;
         return Ok(ExitCode::SUCCESS);
     }
     let model_path = args
         .model
         .as_ref()
         .ok_or_else(|| anyhow!("give --model PATH"))?;
-    let model = Model::load(model_path, &candle_device())
-        .with_context(|| format!("cannot load model {}", model_path.display()))?;
+    let model = load_model(model_path)?;
     let adapter = match &args.adapter {
         Some(dir) => Some(
             Adapter::load(dir, &model)
@@ -104,22 +127,20 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         args.stride,
         args.max_length
     );
-    let row = [
-        csv_field(&model_path.display().to_string()),
-        csv_field(
-            &args
-                .adapter
+    if let Some(csv) = table_path(args) {
+        let row = [
+            model_path.display().to_string(),
+            args.adapter
                 .as_ref()
                 .map_or("-".to_string(), |a| a.display().to_string()),
-        ),
-        csv_field(&text_path.display().to_string()),
-        format!("{ppl:.4}"),
-        args.stride.to_string(),
-        args.max_length.to_string(),
-        utc_now(),
-    ]
-    .join(",");
-    append_row(&args.csv, &row)?;
+            text_path.display().to_string(),
+            format!("{ppl:.4}"),
+            args.stride.to_string(),
+            args.max_length.to_string(),
+            utc_now(),
+        ];
+        append_row(&csv, &row)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -148,52 +169,74 @@ fn dump_logits(out: &Path, ids: &[u32], logits: Tensor) -> Result<()> {
         Tensor::from_vec(ids64, ids.len(), &dev)?,
     );
     map.insert("logits".to_string(), logits.to_device(&dev)?);
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    candle_core::safetensors::save(&map, &tmp)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let written = (|| -> Result<()> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".logits.tmp")
+            .suffix(".safetensors")
+            .tempfile_in(dir)?;
+        candle_core::safetensors::save(&map, tmp.path())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(out).map_err(|e| e.error)?;
+        Ok(())
+    })();
+    written.with_context(|| format!("cannot write {}", out.display()))
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-fn append_row(csv: &Path, row: &str) -> Result<()> {
-    let mut text = match std::fs::read_to_string(csv) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{HEADER}\n"),
+/// Reads the table's rows (header included); a missing file is an empty table.
+fn read_rows(csv: &Path) -> Result<Vec<Vec<String>>> {
+    let mut reader = match csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_path(csv)
+    {
+        Ok(r) => r,
+        Err(e) if matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound) => {
+            return Ok(Vec::new())
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", csv.display())),
     };
-    if !text.ends_with('\n') {
-        text.push('\n');
+    reader
+        .records()
+        .map(|r| {
+            r.map(|r| r.iter().map(str::to_string).collect())
+                .with_context(|| format!("cannot read {}", csv.display()))
+        })
+        .collect()
+}
+
+/// Appends `row` to the table (created with its header), rewriting the file atomically.
+fn append_row(csv: &Path, row: &[String]) -> Result<()> {
+    let mut rows = read_rows(csv)?;
+    if rows.is_empty() {
+        rows.push(HEADER.iter().map(|h| h.to_string()).collect());
     }
-    text.push_str(row);
-    text.push('\n');
-    write_atomic(csv, text.as_bytes())?;
+    rows.push(row.to_vec());
+    let mut writer = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_writer(Vec::new());
+    for r in &rows {
+        writer.write_record(r)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| anyhow!("cannot write {}: {e}", csv.display()))?;
+    write_atomic(csv, &bytes)?;
     eprintln!("recorded in {}", csv.display());
     Ok(())
 }
 
 fn print_table(csv: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(csv).with_context(|| {
-        format!(
-            "cannot read {} (run `trainer-cli eval --model ... --text ...` first)",
+    if !csv.is_file() {
+        bail!(
+            "cannot read {}: no such table (run `trainer-cli eval --model ... --text ...` first)",
             csv.display()
-        )
-    })?;
-    let rows: Vec<Vec<String>> = text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(split_csv)
-        .collect();
+        );
+    }
+    let rows = read_rows(csv)?;
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -206,63 +249,20 @@ fn print_table(csv: &Path) -> Result<()> {
         .collect();
     let mut out = String::new();
     for r in &rows {
+        let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
-            let _ = write!(out, "{cell:<w$}  ", w = widths[c]);
+            // One line per row, whatever a path holds.
+            let cell: String = cell
+                .chars()
+                .flat_map(char::escape_default)
+                .collect::<String>();
+            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
         }
-        out = out.trim_end().to_string();
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     print!("{out}");
     Ok(())
-}
-
-fn split_csv(line: &str) -> Vec<String> {
-    let mut cells = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => cells.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    cells.push(cur);
-    cells
-}
-
-/// "YYYY-MM-DD HH:MM:SS" in UTC.
-pub(crate) fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -270,16 +270,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_786), (2026, 11, 29));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
-
-    #[test]
-    fn csv_round_trip() {
-        let row = [csv_field("a,b"), csv_field("say \"hi\""), "3".into()].join(",");
-        assert_eq!(split_csv(&row), vec!["a,b", "say \"hi\"", "3"]);
+    fn the_table_keeps_commas_quotes_and_newlines_in_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let csv = d.path().join(TABLE_FILE);
+        let odd = ["a,b", "say \"hi\"", "two\nlines", "4", "5", "6", "7"].map(String::from);
+        append_row(&csv, &odd).unwrap();
+        append_row(&csv, &odd).unwrap();
+        let rows = read_rows(&csv).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0], HEADER);
+        assert_eq!(rows[1], odd);
+        assert_eq!(rows[2], odd);
     }
 
     #[test]

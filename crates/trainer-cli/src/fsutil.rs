@@ -1,63 +1,62 @@
-//! Small file-system helpers shared by the subcommands.
+//! Writing files from the subcommands, and the command line's wording for file-system errors of the
+//! libraries.
 
-use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// flushed to disk, then renamed over the target.
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then renamed over the
+/// target (`tempfile`'s persist).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
     let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{}.tmp", name.to_string_lossy()))
+            .tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
     };
-    write()
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
-        .with_context(|| format!("cannot write {}", path.display()))
+    write().with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Whether `err` comes from a full disk or a file-size limit (`ENOSPC`,
-/// `EDQUOT`, `EFBIG`) anywhere in its chain.
-pub fn is_disk_full(err: &anyhow::Error) -> bool {
-    use std::io::ErrorKind;
-    err.chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| {
-            matches!(
-                e.kind(),
-                ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
-            )
-        })
-}
-
-/// Adds what to do to a write error caused by a full disk.
-pub fn disk_full_hint(err: anyhow::Error, output: &Path) -> anyhow::Error {
-    if is_disk_full(&err) {
-        let hint = format!(
+/// Adds what to do to an error of a run caused by a full disk.
+pub fn disk_full_hint(err: trainer_core::Error, output: &Path) -> anyhow::Error {
+    let full = err.is_disk_full();
+    let err = anyhow::Error::from(err);
+    if full {
+        err.context(format!(
             "the disk is full (or a file-size limit was reached): free some space, then continue with \
              `trainer-cli train --output {} --resume latest`",
             output.display()
-        );
-        err.context(hint)
+        ))
     } else {
         err
+    }
+}
+
+/// An output-folder error in the command line's words (which flag to give).
+pub fn output_error(err: trainer_core::Error) -> anyhow::Error {
+    match err {
+        trainer_core::Error::RunExists { dir } => anyhow!(
+            "output folder {} already holds a training run: pass --overwrite to replace it, \
+             --resume latest to continue it, or choose another --output",
+            dir.display()
+        ),
+        trainer_core::Error::NotAFolder { path } => {
+            anyhow!(
+                "output {} is a file, not a folder: give another --output",
+                path.display()
+            )
+        }
+        other => other.into(),
     }
 }

@@ -13,9 +13,9 @@ use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
 use clap::Args;
-use trainer_core::{Adapter, Model};
+use trainer_core::Adapter;
 
-use crate::train::candle_device;
+use crate::model_files::{device, load_model};
 
 /// Arguments of `trainer-cli generate`.
 #[derive(Debug, Args)]
@@ -41,8 +41,11 @@ pub struct GenerateArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Do not start the prompt with the model's BOS token.
-    #[arg(long)]
+    /// Start the prompt with the model's BOS token (true/false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub bos: bool,
+    /// The old spelling of `--bos false`.
+    #[arg(long, hide = true)]
     pub no_bos: bool,
 }
 
@@ -56,9 +59,8 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             bail!("--top-p must be in (0, 1]");
         }
     }
-    let device = candle_device();
-    let base = Model::load(&args.model, &device)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let device = device();
+    let base = load_model(&args.model)?;
     let model_type = base.config().model_type.clone();
     if !matches!(model_type.as_str(), "llama" | "mistral") {
         bail!("generate supports llama and mistral models; this one is {model_type}");
@@ -96,7 +98,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     let mut cache = Cache::new(true, DType::F32, &cfg, &device)?;
 
     let mut ids: Vec<u32> = Vec::new();
-    if !args.no_bos {
+    if args.bos && !args.no_bos {
         if let Some(b) = special.bos {
             ids.push(b);
         }

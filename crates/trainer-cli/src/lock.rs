@@ -97,7 +97,7 @@ pub fn acquire(dir: &Path) -> Result<OutputLock> {
         Outcome::Held => {
             let holder = Holder {
                 pid: std::process::id(),
-                started: crate::eval::utc_now(),
+                started: crate::clock::utc_now(),
             };
             // Informational only: a failure to record the holder (a full disk) does not stop the run.
             let _ = write_holder(&mut file, &holder);
@@ -139,15 +139,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn tempdir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("trainer-cli-lock-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     #[test]
     fn a_second_lock_is_refused_until_the_first_is_dropped() {
-        let d = tempdir("twice");
+        let t = tempdir();
+        let d = t.path();
         let first = acquire(&d.join("out")).unwrap();
         let text = std::fs::read_to_string(d.join("out").join(LOCK_FILE)).unwrap();
         let holder: Holder = serde_json::from_str(&text).unwrap();
@@ -167,33 +166,33 @@ mod tests {
         drop(first);
         let again = acquire(&d.join("out")).unwrap();
         drop(again);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn an_output_that_is_a_file_is_refused_and_kept() {
-        let d = tempdir("file");
-        std::fs::create_dir_all(&d).unwrap();
+        let t = tempdir();
+        let d = t.path();
+        std::fs::create_dir_all(d).unwrap();
         let f = d.join("out");
         std::fs::write(&f, "precious").unwrap();
         let err = acquire(&f).unwrap_err().to_string();
         assert!(err.contains("is a file"), "{err}");
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "precious");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn the_lock_file_is_not_part_of_a_run() {
-        let d = tempdir("notrun");
+        let t = tempdir();
+        let d = t.path();
         let out = d.join("out");
         let lock = acquire(&out).unwrap();
         // Neither the overwrite rule nor the resume cleanup sees it, and --overwrite keeps it.
-        assert!(crate::output::check_new(&out, false).unwrap().is_empty());
-        assert!(crate::output::recover(&out).unwrap().is_empty());
-        crate::output::prepare_new(&out, true).unwrap();
+        let store = trainer_core::job::DirStore::new(&out);
+        assert!(store.check_new(false).unwrap().is_empty());
+        assert!(store.recover().unwrap().is_empty());
+        store.prepare_new(true).unwrap();
         assert!(out.join(LOCK_FILE).is_file());
         drop(lock);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

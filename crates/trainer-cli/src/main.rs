@@ -1,25 +1,22 @@
 //! `trainer-cli`: the command line of the Training PRO LoRA trainer.
 //!
-//! A thin shell over the workspace crates: it parses flags, loads files,
-//! calls the libraries and prints. Every error reaches the user as one line
+//! A thin shell over the workspace crates: it turns flags and config files into library objects
+//! (a `trainer_core::job::Job` for `train`), observes them and prints. Every error reaches the user as one line
 //! (`error: ...`) and exit code 2; an interrupted training run exits 130.
 
 mod chunk;
+mod clock;
 mod control;
-mod data;
-mod dataset;
 mod eval;
 mod fsutil;
 mod generate;
 mod lock;
-mod log_writer;
 mod model_files;
-mod output;
+mod observer;
 mod plot;
-mod progress;
 mod schedule;
-mod session;
 mod settings;
+mod signals;
 mod tools;
 mod train;
 
@@ -79,16 +76,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            // A cause whose text its parent already ends with (an I/O error shown with its
-            // path) is not repeated.
-            let mut msg: Vec<String> = Vec::new();
-            for m in err.chain().map(ToString::to_string) {
-                if !msg.last().is_some_and(|last| last.ends_with(&m)) {
-                    msg.push(m);
-                }
-            }
-            // One line, whatever the message holds (a file name may contain a newline).
-            let line: String = msg
+            // Every error shows its cause once (in its message or as its source), so the chain is
+            // joined as it is; one line, whatever the message holds (a file name may contain a newline).
+            let line: String = err
+                .chain()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
                 .join(": ")
                 .chars()
                 .flat_map(|c| {

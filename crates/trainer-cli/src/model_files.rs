@@ -1,14 +1,13 @@
 //! `trainer-cli convert` and `trainer-cli merge`: write standard Hugging
-//! Face model folders from a GGUF file or from a model plus an adapter.
+//! Face model folders from a GGUF file or from a model plus an adapter; loading a model for every
+//! subcommand.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use trainer_core::{Adapter, Model};
-
-use crate::train::candle_device;
+use trainer_core::{Adapter, LoadOptions, Model};
 
 /// Arguments of `trainer-cli convert`.
 #[derive(Debug, Args)]
@@ -45,15 +44,37 @@ fn check_out(out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn load(path: &std::path::Path) -> Result<Model> {
-    Model::load(path, &candle_device())
+/// The device the command line runs on: the CPU (trainer-core's `cuda` feature is not wired into the
+/// command line).
+pub fn device() -> candle_core::Device {
+    candle_core::Device::Cpu
+}
+
+/// Loads a model (a .gguf file or a Hugging Face folder) on [`device`] with the default load options (the
+/// frozen weights kept as stored), with an error naming it.
+pub fn load_model(path: &std::path::Path) -> Result<Model> {
+    load_model_with(path, &LoadOptions::default())
+}
+
+/// [`load_model`] with the given load options (`base_weights`).
+pub fn load_model_with(path: &std::path::Path, options: &LoadOptions) -> Result<Model> {
+    Model::load_with(path, &device(), options)
         .with_context(|| format!("cannot load model {}", path.display()))
+}
+
+/// Bytes as MiB (or GiB from 10 GiB) for messages.
+pub fn mib(bytes: u64) -> String {
+    if bytes >= 10 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
 }
 
 /// Runs `trainer-cli convert`.
 pub fn convert(args: &ConvertArgs) -> Result<ExitCode> {
     check_out(&args.out)?;
-    let model = load(&args.model)?;
+    let model = load_model(&args.model)?;
     model.save_hf_dir(&args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(ExitCode::SUCCESS)
@@ -62,7 +83,7 @@ pub fn convert(args: &ConvertArgs) -> Result<ExitCode> {
 /// Runs `trainer-cli merge`.
 pub fn merge(args: &MergeArgs) -> Result<ExitCode> {
     check_out(&args.out)?;
-    let model = load(&args.model)?;
+    let model = load_model(&args.model)?;
     let adapter = Adapter::load(&args.adapter, &model)
         .with_context(|| format!("cannot load adapter {}", args.adapter.display()))?;
     model.merge(&adapter)?.save_hf_dir(&args.out)?;

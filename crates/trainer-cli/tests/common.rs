@@ -65,12 +65,45 @@ pub fn model() -> PathBuf {
     p
 }
 
-/// A fresh, empty temporary folder for one test.
-pub fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("trainer-cli-it-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty temporary folder for one test, removed when dropped (`tempfile::TempDir`); it derefs to
+/// its path.
+pub struct TempDir(tempfile::TempDir);
+
+impl TempDir {
+    /// Keeps the folder after the test (for a run shared by several tests through a static).
+    pub fn keep(self) -> PathBuf {
+        self.0.keep()
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+/// A fresh, empty temporary folder for one test (`tag` names it, to find it while the test runs).
+pub fn tempdir(tag: &str) -> TempDir {
+    TempDir(
+        tempfile::Builder::new()
+            .prefix(&format!("trainer-cli-it-{tag}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// Asserts a run failed the way users should see failures: exit code 2,

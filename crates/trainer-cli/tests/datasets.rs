@@ -100,7 +100,7 @@ fn chat_dataset_uses_the_model_template_or_the_given_one() {
     let d = tempdir("ds-chat");
     for (i, template) in [
         None,
-        Some(repo().join("../shared/data/smollm2-chat_template.jinja")),
+        Some(repo().join("testdata/smollm2-chat_template.jinja")),
     ]
     .into_iter()
     .enumerate()
@@ -302,6 +302,80 @@ fn eval_loss_reaches_the_log_keep_best_and_resume_checks_the_data() {
     );
     c.args(["--resume", "latest"]);
     assert_clean_error(&c.output().unwrap(), "other data");
+
+    // Each checkpoint records the label-mask rule. One saved before it was recorded (rule 1) whose data's labels
+    // differ now is refused with a message naming the rule change and what to do...
+    let state_file = out.join(&ckpts[0]).join("run_state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert_eq!(state["label_mask_rule"], 2);
+    state.as_object_mut().unwrap().remove("label_mask_rule");
+    std::fs::write(&state_file, state.to_string()).unwrap();
+    let mut c = train_chat(
+        &out,
+        &changed,
+        &["--eval-steps", "1", "--keep-best", "1", "--epochs", "3"],
+    );
+    c.args(["--resume", "latest"]);
+    let refused = c.output().unwrap();
+    assert_clean_error(&refused, "older label-mask rule (rule 1");
+    assert_clean_error(&refused, "start a new run on this data");
+    // ...while one whose labels are unchanged passes the data check (and here stops: nothing is left to train).
+    let mut c = train_chat(
+        &out,
+        &fixture("chat.jsonl"),
+        &[
+            "--eval-steps",
+            "1",
+            "--keep-best",
+            "1",
+            "--epochs",
+            "2",
+            "--group-by-length",
+            "true",
+        ],
+    );
+    c.args(["--resume", "latest"]);
+    assert_clean_error(&c.output().unwrap(), "nothing left to train");
+}
+
+#[test]
+fn check_learns_the_word_after_a_marker_ending_in_a_space_and_says_so() {
+    let d = tempdir("ds-marker");
+    let data = write(
+        &d,
+        "qa.jsonl",
+        "{\"instruction\": \"Capital of France?\", \"output\": \"Paris\"}\n",
+    );
+    let format = write(
+        &d,
+        "qa-format.json",
+        r####"{"instruction,output": "### Q: %instruction%\n### A: %output%"}"####,
+    );
+    let dump = d.join("dump.jsonl");
+    let out = run_ok(
+        check(&["--cutoff", "64", "--train-only-after", "### A: "])
+            .arg("--dataset")
+            .arg(&data)
+            .arg("--format")
+            .arg(&format)
+            .arg("--dump-dataset")
+            .arg(&dump),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("note:           1 samples: the learned text starts inside a token"),
+        "{text}"
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&dump).unwrap().trim()).unwrap();
+    assert_eq!(
+        line["segments"],
+        serde_json::json!([
+            {"learned": false, "text": "<|im_start|>### Q: Capital of France?\n### A:"},
+            {"learned": true, "text": " Paris<|im_end|>"}
+        ])
+    );
 }
 
 #[test]

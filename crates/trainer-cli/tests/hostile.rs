@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use crate::common::{assert_clean_error, cli, model, repo, run_ok, sample_text, tempdir};
 
 fn tokenizer() -> PathBuf {
-    repo().join("../shared/data/smollm2-tokenizer.json")
+    repo().join("testdata/smollm2-tokenizer.json")
 }
 
 /// `train --dry-run` on `text` (fails before or after loading the model).

@@ -47,7 +47,8 @@ fn truncated_model_files_name_the_file() {
 fn trained() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let d = tempdir("hostile-run");
+        // Shared by several tests for the whole process: kept, not removed on drop.
+        let d = tempdir("hostile-run").keep();
         let full = fs::read_to_string(sample_text()).unwrap();
         let text = d.join("small.txt");
         fs::write(&text, &full[..full[..1500].rfind('\n').unwrap() + 1]).unwrap();

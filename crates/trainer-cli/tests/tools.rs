@@ -2,8 +2,8 @@
 
 use crate::common::{cli, repo, run_ok, sample_text, tempdir};
 
-fn shared_tokenizer() -> std::path::PathBuf {
-    repo().join("../shared/data/smollm2-tokenizer.json")
+fn tokenizer_file() -> std::path::PathBuf {
+    repo().join("testdata/smollm2-tokenizer.json")
 }
 
 #[test]
@@ -15,7 +15,7 @@ fn chunk_writes_blocks_within_the_cutoff() {
             .args(["chunk", "--cutoff", "64", "--text"])
             .arg(sample_text())
             .arg("--tokenizer")
-            .arg(shared_tokenizer())
+            .arg(tokenizer_file())
             .arg("--out")
             .arg(&out_file),
     );

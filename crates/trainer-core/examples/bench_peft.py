@@ -51,7 +51,7 @@ def main():
     rss_after_load = peak_rss_mb()
 
     # The same text and windows as bench_train: the first 200,000 bytes, no special tokens.
-    raw = (root.parent / "shared/data/kjv-books-1mb.txt").read_bytes()[:200_000]
+    raw = (root / "testdata/kjv-books-1mb.txt").read_bytes()[:200_000]
     ids = tok(raw.decode("utf-8"), add_special_tokens=False)["input_ids"]
     batch, seq = 4, 256
     params = [p for p in model.parameters() if p.requires_grad]

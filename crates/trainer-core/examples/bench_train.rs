@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
 
-    let text = std::fs::read_to_string(root.join("../shared/data/kjv-books-1mb.txt"))?;
+    let text = std::fs::read_to_string(root.join("testdata/kjv-books-1mb.txt"))?;
     let enc = model
         .tokenizer()
         .encode(&text[..200_000], false)

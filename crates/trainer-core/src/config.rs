@@ -54,6 +54,20 @@ pub struct ModelConfig {
 
 pub(crate) const SUPPORTED_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
 
+/// The largest value each size may have: several times the largest real model's (Llama-3.1-405B has 126
+/// layers, 128 heads, hidden 16384, MLP 53248; Gemma's vocabulary is 262k tokens; Llama-4-Scout's context is
+/// 10M), so only a damaged or hostile file reaches them, before anything is sized from it.
+pub(crate) const LIMITS: [(&str, usize); 8] = [
+    ("vocab_size", 1 << 22),
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 1024),
+    ("num_attention_heads", 1024),
+    ("num_key_value_heads", 1024),
+    ("head_dim", 4096),
+    ("max_position_embeddings", 1 << 30),
+];
+
 fn get_usize(v: &Value, key: &str, path: &Path) -> Result<usize> {
     v.get(key)
         .and_then(Value::as_u64)
@@ -193,9 +207,9 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks that the sizes are consistent (heads divide evenly, nothing is zero).
+    /// Checks that the sizes are consistent (heads divide evenly, nothing is zero) and within [`LIMITS`].
     pub(crate) fn validate(&self, path: &Path) -> Result<()> {
-        let nonzero = [
+        let sizes = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -203,10 +217,24 @@ impl ModelConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.num_key_value_heads),
             ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
         ];
-        for (name, value) in nonzero {
-            if value == 0 {
+        for (name, value) in sizes {
+            if value == 0 && name != "max_position_embeddings" {
                 return Err(Error::model(path, format!("`{name}` is 0")));
+            }
+            let max = LIMITS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(usize::MAX, |l| l.1);
+            if value > max {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "`{name}` is {value}, over the limit of {max} (no real model comes near it): the file \
+                         is damaged or not a model"
+                    ),
+                ));
             }
         }
         if !self

@@ -2,10 +2,11 @@
 //! and checked without reading any tensor data, and the data of one tensor read on demand.
 //!
 //! Every length in the header is checked against the bytes left in the file before anything is allocated, every
-//! count in [`check_counts`], every tensor's data range against the file and against the other tensors (a
-//! truncated or tampered file is refused here, naming the tensor), and tensor types are kept as their GGML ids so
-//! a file holding types this crate cannot decode still opens (the loader names the tensor and the type when it
-//! needs one).
+//! header count in [`check_counts`], the memory the header takes once read against a limit, the model's counts
+//! against sane limits and the tensors present ([`crate::gguf_limits`]), every tensor's data range against the
+//! file and against the other tensors (a truncated or tampered file is refused here, naming the tensor), and
+//! tensor types are kept as their GGML ids so a file holding types this crate cannot decode still opens (the
+//! loader names the tensor and the type when it needs one).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +18,7 @@ use candle_core::quantized::gguf_file::Value;
 
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
+use crate::gguf_limits::{self, HeaderMemory, ENTRY_BYTES, TENSOR_BYTES, VALUE_BYTES};
 
 const MAGIC: u32 = 0x4655_4747; // "GGUF", little-endian
 const MAX_DIMS: u32 = 4;
@@ -72,6 +74,7 @@ struct Reader<'a> {
     len: u64,
     path: &'a Path,
     wide: bool,
+    memory: &'a mut HeaderMemory,
 }
 
 impl Reader<'_> {
@@ -122,6 +125,7 @@ impl Reader<'_> {
                 "a string of {n} bytes is longer than the rest of the file"
             )));
         }
+        self.memory.add(n, self.path)?;
         let mut b = vec![0u8; n as usize];
         self.r
             .read_exact(&mut b)
@@ -153,6 +157,7 @@ impl Reader<'_> {
                         "an array of {n} values is longer than the rest of the file"
                     )));
                 }
+                self.memory.add_items(n, VALUE_BYTES, self.path)?;
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     v.push(self.value(elem, depth + 1)?);
@@ -173,6 +178,7 @@ fn read_part(
     path: &Path,
     file: &File,
     part: usize,
+    memory: &mut HeaderMemory,
 ) -> Result<(HashMap<String, Value>, Vec<TensorInfo>)> {
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut r = Reader {
@@ -181,6 +187,7 @@ fn read_part(
         len,
         path,
         wide: true,
+        memory,
     };
     if r.u32().ok() != Some(MAGIC) {
         return Err(Error::model(
@@ -199,6 +206,8 @@ fn read_part(
     let n_tensors = r.len()?;
     let n_kvs = r.len()?;
     check_counts(n_tensors, n_kvs, r.left(), path)?;
+    r.memory.add_items(n_kvs, ENTRY_BYTES + VALUE_BYTES, path)?;
+    r.memory.add_items(n_tensors, TENSOR_BYTES, path)?;
     let mut metadata = HashMap::new();
     for _ in 0..n_kvs {
         let key = r.string()?;
@@ -208,12 +217,16 @@ fn read_part(
     }
     let alignment = match metadata.get("general.alignment") {
         None => 32,
-        Some(v) => match v.to_u32() {
-            Ok(a) if a.is_power_of_two() => u64::from(a),
+        // A u32 in GGUF; the smaller integer types are read too, as candle's reader does.
+        Some(v) => match alignment_value(v) {
+            Some(a) if a.is_power_of_two() => a,
             _ => {
                 return Err(Error::model(
                     path,
-                    format!("metadata `general.alignment` is {v:?}: the file is damaged (GGUF needs a power of two)"),
+                    format!(
+                        "metadata `general.alignment` is {v:?}: the file is damaged (GGUF needs a power of two, \
+                         stored as an unsigned 32-bit integer)"
+                    ),
                 ))
             }
         },
@@ -225,6 +238,7 @@ fn read_part(
         if n_dims > MAX_DIMS {
             return Err(r.damaged(format!("tensor `{name}` has {n_dims} dimensions")));
         }
+        r.memory.add_items(u64::from(n_dims), 8, path)?;
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             let d = r.u64()?;
@@ -241,6 +255,7 @@ fn read_part(
             )));
         }
         ne.reverse();
+        gguf_limits::check_shape(&name, &ne, path)?;
         let bytes = ty
             .data_bytes(&ne)
             .map_err(|e| Error::model(path, format!("tensor `{name}`: {e}")))?;
@@ -259,6 +274,19 @@ fn read_part(
     }
     check_ranges(path, len, &tensors)?;
     Ok((metadata, tensors))
+}
+
+/// The value of `general.alignment` when it is a non-negative integer of at most 32 bits.
+fn alignment_value(v: &Value) -> Option<u64> {
+    match *v {
+        Value::U8(a) => Some(u64::from(a)),
+        Value::U16(a) => Some(u64::from(a)),
+        Value::U32(a) => Some(u64::from(a)),
+        Value::I8(a) => u64::try_from(a).ok(),
+        Value::I16(a) => u64::try_from(a).ok(),
+        Value::I32(a) => u64::try_from(a).ok(),
+        _ => None,
+    }
 }
 
 /// Refuses tensors whose data runs past the end of the file or overlaps another tensor's.
@@ -327,9 +355,10 @@ impl GgufModel {
         let mut parts = Vec::with_capacity(paths.len());
         let mut metadata = HashMap::new();
         let mut tensors = HashMap::new();
+        let mut memory = HeaderMemory::default();
         for (i, p) in paths.iter().enumerate() {
             let file = File::open(p).map_err(|e| Error::io(p, e))?;
-            let (md, ts) = read_part(p, &file, i)?;
+            let (md, ts) = read_part(p, &file, i, &mut memory)?;
             if i == 0 {
                 metadata = md;
                 let declared = metadata.get("split.count").and_then(|v| v.to_u16().ok());
@@ -356,6 +385,7 @@ impl GgufModel {
             }
             parts.push((p.clone(), file));
         }
+        gguf_limits::check_model(&metadata, &tensors, path)?;
         Ok(Self {
             metadata,
             tensors,

@@ -17,6 +17,10 @@
 //!   LoRA dropout and NEFTune noise come from a seeded RNG, so a run is reproducible bit for bit, and
 //!   [`Trainer::save_state`] / [`Trainer::load_state`] resume exactly. Nothing here prints; [`Trainer::run`]
 //!   reports each step to a callback and stops on a cancel flag.
+//! - [`job`] runs a whole Training PRO job on top of these: raw text sliced by `prts-chunker` and/or a
+//!   [`dataset`], the step plan and schedule of `schedulers`, eval cadence, the checkpoint decisions of
+//!   `checkpoint-policy` carried out by a checkpoint store, live control, the training log of `plot-report`
+//!   and exact resume; it reports to an observer and stops on an interrupter.
 //!
 //! On the CPU, training, evaluation, logits and perplexity run on the CPU engine (a hand-written forward and
 //! backward pass on plain buffers, reading the frozen weights in the form they are stored in); the `cuda` feature
@@ -58,6 +62,7 @@
 //! ```
 
 mod adapter;
+mod atomic_file;
 mod autograd;
 mod config;
 pub mod dataset;
@@ -69,8 +74,11 @@ mod evaluate;
 mod ggml_type;
 mod gguf;
 mod gguf_file;
+mod gguf_limits;
+mod gguf_write;
 mod hf;
 mod io;
+pub mod job;
 mod load;
 mod lora;
 mod loss;
@@ -82,6 +90,8 @@ mod optim;
 mod quant;
 mod rng;
 mod safetensors_file;
+mod split_patterns;
+pub mod synthetic;
 mod tokenizer;
 mod train;
 mod train_state;

@@ -34,6 +34,24 @@ impl BaseWeights {
     }
 }
 
+impl std::fmt::Display for BaseWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BaseWeights {
+    type Err = Error;
+
+    /// `keep` or `f32` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        [BaseWeights::Keep, BaseWeights::F32]
+            .into_iter()
+            .find(|b| b.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| Error::setting("base_weights", format!("{s:?} is not keep or f32")))
+    }
+}
+
 /// Options of [`crate::Model::load_with`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOptions {

@@ -27,6 +27,10 @@ const GPT2_RE: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{
 const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Every split pattern [`pre_regexes`] uses.
+#[cfg(test)]
+pub(crate) const KNOWN_SPLITS: [&str; 4] = [GPT2_RE, LLAMA3_RE, QWEN2_RE, r"\p{N}"];
+
 /// Pre-tokenizer regexes for llama.cpp's `tokenizer.ggml.pre` values (src/llama-vocab.cpp).
 fn pre_regexes(pre: &str) -> Option<Vec<&'static str>> {
     Some(match pre {
@@ -198,8 +202,13 @@ pub(crate) fn from_hf_dir(
             "no tokenizer.json in the model directory",
         ));
     }
+    let text = std::fs::read_to_string(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+    let doc: Json = serde_json::from_str(&text)
+        .map_err(|e| Error::model(&tok_path, format!("not valid JSON: {e}")))?;
+    crate::split_patterns::check(&doc, &tok_path)?;
+    drop(doc);
     let tokenizer =
-        Tokenizer::from_file(&tok_path).map_err(|e| Error::model(&tok_path, e.to_string()))?;
+        Tokenizer::from_str(&text).map_err(|e| Error::model(&tok_path, e.to_string()))?;
     let tc_path = dir.join("tokenizer_config.json");
     let tc: Json = match std::fs::read_to_string(&tc_path) {
         Ok(t) => serde_json::from_str(&t)

@@ -6,16 +6,16 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor};
 use trainer_core::Model;
 
-/// `<repo root>/../shared/...`.
-pub fn shared(rel: &str) -> PathBuf {
+/// `<repo root>/testdata/<rel>`: the data the tests read (see `testdata/README.md`).
+pub fn testdata(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
+        .join("../../testdata")
         .join(rel)
 }
 
 /// The reference adapter directory.
 pub fn peft_ref() -> PathBuf {
-    shared("data/peft-reference-qv")
+    testdata("peft-reference-qv")
 }
 
 /// The real-model path; panics with instructions when it is absent.

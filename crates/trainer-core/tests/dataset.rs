@@ -10,7 +10,7 @@ use trainer_core::dataset::{
 };
 use trainer_core::{SpecialTokens, IGNORE_INDEX};
 
-use crate::common::shared;
+use crate::common::testdata;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,7 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn tokenizer() -> Tokenizer {
-    Tokenizer::from_file(shared("data/smollm2-tokenizer.json")).unwrap()
+    Tokenizer::from_file(testdata("smollm2-tokenizer.json")).unwrap()
 }
 
 /// SmolLM2: `<|im_start|>` (1) is BOS, `<|im_end|>` (2) is EOS.
@@ -167,7 +167,7 @@ fn long_samples_truncate_keeping_the_start_or_are_eliminated() {
 }
 
 fn smollm_template() -> ChatTemplate {
-    let path = shared("data/smollm2-chat_template.jinja");
+    let path = testdata("smollm2-chat_template.jinja");
     let src = std::fs::read_to_string(&path).unwrap();
     ChatTemplate::new(&src, &path, "<|im_start|>", "<|im_end|>").unwrap()
 }
@@ -442,4 +442,46 @@ fn bad_sharegpt_records_name_the_file_record_line_and_turn() {
             "{needle}: {err}"
         );
     }
+}
+
+#[test]
+fn a_marker_ending_in_a_space_leaves_the_first_word_of_the_answer_learned() {
+    let tok = tokenizer();
+    let path = Path::new("qa.jsonl");
+    let records = parse_records(
+        r#"{"instruction": "Capital of France?", "output": "Paris"}"#,
+        path,
+    )
+    .unwrap();
+    let kind = DatasetKind::Format {
+        format: Format::parse(
+            r####"{"instruction,output": "### Q: %instruction%\n### A: %output%"}"####,
+            Path::new("qa-format.json"),
+        )
+        .unwrap(),
+        train_only_after: "### A: ".into(),
+    };
+    let d = encode_dataset(&records, path, &kind, &opts(256), &tok, SPECIAL).unwrap();
+    let segs = trainer_core::dataset::dump_segments(&tok, &d.samples[0]).unwrap();
+    let shown: Vec<(bool, &str)> = segs.iter().map(|s| (s.learned, s.text.as_str())).collect();
+    assert_eq!(
+        shown,
+        [
+            (false, "<|im_start|>### Q: Capital of France?\n### A:"),
+            (true, " Paris<|im_end|>")
+        ]
+    );
+    // The marker's last character (the space) is learned with ` Paris`: the summary counts it.
+    assert_eq!((d.report.learned, d.report.starts_mid_token), (2, 1));
+    // A marker that ends where the tokenizer splits does not.
+    let kind = DatasetKind::Format {
+        format: Format::parse(
+            r####"{"instruction,output": "### Q: %instruction%\n### A: %output%"}"####,
+            Path::new("qa-format.json"),
+        )
+        .unwrap(),
+        train_only_after: "### A:".into(),
+    };
+    let d = encode_dataset(&records, path, &kind, &opts(256), &tok, SPECIAL).unwrap();
+    assert_eq!((d.report.learned, d.report.starts_mid_token), (2, 0));
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use trainer_core::Adapter;
 
-use crate::common::{ids, max_abs_diff, model, peft_ref, reference, shared};
+use crate::common::{ids, max_abs_diff, model, peft_ref, reference, testdata};
 
 #[test]
 fn logits_match_peft_with_and_without_adapter() {
@@ -27,9 +27,8 @@ fn logits_match_peft_with_and_without_adapter() {
 
 #[test]
 fn gguf_tokenizer_matches_reference_tokenizer_json_on_kjv() {
-    let text = std::fs::read_to_string(shared("data/kjv-books-1mb.txt")).unwrap();
-    let reference =
-        tokenizers::Tokenizer::from_file(shared("data/smollm2-tokenizer.json")).unwrap();
+    let text = std::fs::read_to_string(testdata("kjv-books-1mb.txt")).unwrap();
+    let reference = tokenizers::Tokenizer::from_file(testdata("smollm2-tokenizer.json")).unwrap();
     let ours = model().tokenizer();
     let want = reference.encode(text.as_str(), false).unwrap();
     let got = ours.encode(text.as_str(), false).unwrap();

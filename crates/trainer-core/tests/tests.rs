@@ -14,3 +14,7 @@ mod gradcheck;
 mod stored;
 // Instruction and chat datasets: format files, chat templates, label masks.
 mod dataset;
+// Synthetic models: every weight type loads, fallbacks, GGUF and HF outputs agree.
+mod synthetic;
+// The job API: runs, stops, interrupt and resume, recovery, format-1 checkpoints.
+mod job;

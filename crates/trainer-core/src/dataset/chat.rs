@@ -5,13 +5,18 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use minijinja::{context, Environment, ErrorKind};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::records::Record;
+use super::render_budget::{self, Exceeded, Failure, RenderLimits};
+use super::render_filters;
 use super::sharegpt;
+use super::template_guard;
 use crate::error::{Error, Result};
 
 /// One message of a conversation.
@@ -145,12 +150,18 @@ fn keys(m: &Map<String, Value>) -> String {
     format!("{{{}}}", k.join(", "))
 }
 
-/// A compiled chat template with the special-token strings it may use.
+/// A compiled chat template with the special-token strings it may use. Every render runs within limits sized
+/// from the conversation (instructions, rendered text, values built; see docs/datasets.md, "Render limits"), so
+/// a hostile or broken template ends in an error naming the limit instead of running for ever or exhausting
+/// memory.
 pub struct ChatTemplate {
-    env: Box<Environment<'static>>,
+    env: Box<Mutex<Environment<'static>>>,
     origin: PathBuf,
     bos_token: String,
     eos_token: String,
+    longest_literal: usize,
+    scale: u64,
+    renders: AtomicUsize,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -167,47 +178,78 @@ impl ChatTemplate {
     /// Compiles `source`. `origin` names where it came from in errors (a file, or the model);
     /// `bos_token` / `eos_token` are the strings the template sees as `bos_token` / `eos_token`.
     pub fn new(source: &str, origin: &Path, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let guarded = template_guard::guard(source).map_err(|problem| {
+            Error::dataset(
+                origin,
+                format!("refused chat template: {problem}; give another with --chat-template FILE"),
+            )
+        })?;
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        render_filters::install(&mut env);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| {
-                Error::dataset(origin, format!("not a valid chat template: {}", detail(&e)))
-            })?;
+        env.add_template_owned(NAME, guarded.source).map_err(|e| {
+            Error::dataset(origin, format!("not a valid chat template: {}", detail(&e)))
+        })?;
         Ok(Self {
-            env: Box::new(env),
+            env: Box::new(Mutex::new(env)),
             origin: origin.to_path_buf(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            longest_literal: guarded.longest_literal,
+            scale: 1,
+            renders: AtomicUsize::new(0),
         })
     }
 
+    /// Multiplies every render limit by `factor` (at least 1), for a real template that needs more than the
+    /// defaults.
+    pub fn scale_limits(&mut self, factor: u64) {
+        self.scale = factor.max(1);
+    }
+
+    /// The limits a render of `messages` runs within.
+    pub fn limits(&self, messages: &[Message]) -> RenderLimits {
+        let text = messages
+            .iter()
+            .map(|m| RenderLimits::PER_MESSAGE + m.role.len() + m.content.len())
+            .sum::<usize>()
+            + self.bos_token.len()
+            + self.eos_token.len();
+        RenderLimits::new(text, self.longest_literal, self.scale)
+    }
+
+    /// How many times this template has rendered a conversation (or a prefix of one).
+    pub fn renders(&self) -> usize {
+        self.renders.load(Ordering::Relaxed)
+    }
+
     /// Renders a conversation, as transformers' `apply_chat_template(messages, tokenize=False,
-    /// add_generation_prompt=...)` does.
+    /// add_generation_prompt=...)` does, within the limits of [`ChatTemplate::limits`].
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let t = self
-            .env
-            .get_template(NAME)
-            .map_err(|e| Error::dataset(&self.origin, detail(&e)))?;
-        t.render(context! {
+        self.renders.fetch_add(1, Ordering::Relaxed);
+        let limits = self.limits(messages);
+        let ctx = context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(|e| {
-            Error::dataset(
-                &self.origin,
-                format!("cannot render the chat template: {}", detail(&e)),
-            )
-        })
+        };
+        render_budget::render(&self.env, NAME, ctx, &limits)
+            .0
+            .map_err(|f| match f {
+                Failure::Template(e) => Error::dataset(
+                    &self.origin,
+                    format!("cannot render the chat template: {}", detail(&e)),
+                ),
+                Failure::Exceeded(what) => Error::dataset(&self.origin, exceeded(what, &limits)),
+            })
     }
 
     /// The rendered conversation and the byte spans of its learned assistant turns (those without `"weight": 0`).
@@ -242,6 +284,42 @@ impl ChatTemplate {
         Ok((full, spans))
     }
 }
+
+/// The error of a render that ran into a limit: which, its value, and what to do.
+fn exceeded(what: Exceeded, l: &RenderLimits) -> String {
+    let did = match what {
+        Exceeded::Fuel if l.fuel_for_literal => format!(
+            "ran more than {} instructions (lowered for its longest literal text: literal text written into a \
+             block is kept in memory unchecked)",
+            l.fuel
+        ),
+        Exceeded::Fuel => format!("ran more than {} instructions", l.fuel),
+        Exceeded::Output => format!("wrote more than {} bytes of text", l.output),
+        Exceeded::Value(Some(n)) => format!(
+            "built a value of {n} bytes, over the limit of {} bytes for one value",
+            l.output
+        ),
+        Exceeded::Value(None) => format!(
+            "built a value of more than {} bytes (the limit for one value), or one nested without end",
+            l.output
+        ),
+        Exceeded::Built => format!("built more than {} bytes in all", l.built),
+        Exceeded::Cycle => {
+            "set a namespace attribute to a value that holds the namespace itself (which has no end when \
+             written out)"
+                .to_string()
+        }
+    };
+    format!(
+        "the chat template {did}, a render limit sized from this conversation: real chat templates stay far \
+         below these limits, so this template is broken or hostile; give another with --chat-template FILE, or \
+         raise every limit by a factor with the environment variable TRAINER_TEMPLATE_LIMITS (e.g. =4)"
+    )
+}
+
+#[cfg(test)]
+#[path = "chat_limits_tests.rs"]
+mod limits_tests;
 
 fn detail(e: &minijinja::Error) -> String {
     let mut s = e.to_string();

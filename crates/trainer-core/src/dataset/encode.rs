@@ -1,5 +1,9 @@
 //! Text with learned byte ranges -> one training [`Sample`]: BOS/EOS placement, labels from token offsets, and the
 //! cutoff rule (truncate keeping the start, or eliminate).
+//!
+//! The one label-mask rule ([`LABEL_MASK_RULE`]): a token is learned when **any** of its bytes lies in a learned
+//! range; it is masked only when it lies wholly in masked text. A marker such as `"### A: "` whose last
+//! character the tokenizer glues to the next word (` Paris` is one token) therefore leaves that word learned.
 
 use std::ops::Range;
 
@@ -32,12 +36,19 @@ pub struct EncodeOptions {
     pub long: LongSamples,
 }
 
+/// The version of the rule that turns learned byte ranges into label masks, recorded with each checkpoint so a
+/// resume can tell a changed rule from changed data. 1: a token was learned when its first byte lay in a learned
+/// range (it masked the first word of every answer after a marker ending in a space). 2 (now): a token is learned
+/// when any of its bytes lies in a learned range.
+pub const LABEL_MASK_RULE: u32 = 2;
+
 /// A text to train on and the byte ranges of it whose tokens are learned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabeledText {
     /// The whole text, prompt included.
     pub text: String,
-    /// Byte ranges of `text`: a token is learned when its first byte lies in one of them.
+    /// Byte ranges of `text`: a token is learned when any of its bytes lies in one of them (see
+    /// [`LABEL_MASK_RULE`]).
     pub learn: Vec<Range<usize>>,
     /// Prepend BOS (unless the text already starts with it).
     pub add_bos: bool,
@@ -56,6 +67,9 @@ pub enum Encoded {
         truncated: bool,
         /// Its length before any cut.
         tokens: usize,
+        /// A learned range starts inside a token (a `train_only_after` marker that ends mid-token): that token is
+        /// learned, so the learned text starts with the characters before the range.
+        starts_mid_token: bool,
     },
     /// Longer than the cutoff with [`LongSamples::Eliminate`].
     TooLong {
@@ -69,8 +83,33 @@ pub enum Encoded {
     },
 }
 
+/// Whether a token with byte offsets `(start, end)` is learned: when any of its bytes lies in a non-empty range of
+/// `learn`. A token with empty offsets (a tokenizer whose post-processor trims offsets, as GPT-2's `ByteLevel` with
+/// `trim_offsets` does, leaves an all-whitespace token as the empty range at its end) stands for the byte just
+/// before its position.
+pub(super) fn is_learned(learn: &[Range<usize>], (start, end): (usize, usize)) -> bool {
+    let (start, end) = if end > start {
+        (start, end)
+    } else {
+        (start.saturating_sub(1), start)
+    };
+    learn
+        .iter()
+        .any(|r| r.start < r.end && r.start < end && start < r.end)
+}
+
+/// Whether a non-empty learned range starts strictly inside a token.
+fn starts_mid_token(learn: &[Range<usize>], offsets: &[(usize, usize)]) -> bool {
+    learn.iter().filter(|r| r.start < r.end).any(|r| {
+        offsets
+            .iter()
+            .any(|&(start, end)| start < r.start && r.start < end)
+    })
+}
+
 /// Tokenizes `t` (special-token strings in the text become their ids; no automatic special tokens) and builds
-/// its labels: [`IGNORE_INDEX`] outside the learned ranges and on BOS, the token id elsewhere.
+/// its labels: the token id where any byte of the token lies in a learned range, [`IGNORE_INDEX`] where the token
+/// lies wholly outside them and on BOS. Offsets are bytes of `t.text` (the `tokenizers` crate's `encode`).
 pub fn encode_labeled(
     tokenizer: &Tokenizer,
     special: SpecialTokens,
@@ -82,8 +121,8 @@ pub fn encode_labeled(
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut ids: Vec<u32> = Vec::with_capacity(enc.len() + 2);
     let mut labels: Vec<i64> = Vec::with_capacity(enc.len() + 2);
-    for (&id, &(start, _)) in enc.get_ids().iter().zip(enc.get_offsets()) {
-        let learned = t.learn.iter().any(|r| r.contains(&start));
+    for (&id, &offsets) in enc.get_ids().iter().zip(enc.get_offsets()) {
+        let learned = is_learned(&t.learn, offsets);
         ids.push(id);
         labels.push(if learned { i64::from(id) } else { IGNORE_INDEX });
     }
@@ -109,6 +148,7 @@ pub fn encode_labeled(
             labels.push(i64::from(eos));
         }
     }
+    let starts_mid_token = starts_mid_token(&t.learn, enc.get_offsets());
     let tokens = ids.len();
     let mut truncated = false;
     if tokens > opts.cutoff {
@@ -131,6 +171,7 @@ pub fn encode_labeled(
         },
         truncated,
         tokens,
+        starts_mid_token,
     })
 }
 
@@ -169,7 +210,8 @@ mod tests {
             let t = LabeledText { text: text.clone(), learn: std::iter::once(lo..hi).collect(), add_bos, add_eos };
             let full = text.len() + usize::from(add_bos) + usize::from(add_eos);
             match encode_labeled(tok(), special, &opts, &t).unwrap() {
-                Encoded::Kept { sample, truncated, tokens } => {
+                Encoded::Kept { sample, truncated, tokens, starts_mid_token } => {
+                    prop_assert!(!starts_mid_token, "one byte per token");
                     prop_assert_eq!(tokens, full);
                     prop_assert_eq!(truncated, full > cutoff);
                     prop_assert!(!eliminate || !truncated);

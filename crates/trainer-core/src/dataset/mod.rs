@@ -11,18 +11,26 @@ mod chat;
 pub mod convert;
 mod encode;
 mod format;
+#[cfg(test)]
+mod label_rule_tests;
 mod records;
+mod render_budget;
+mod render_filters;
 pub mod select;
 mod sharegpt;
+mod template_guard;
 
 use std::path::Path;
 
 use tokenizers::Tokenizer;
 
 pub use chat::{messages_of, ChatTemplate, Message};
-pub use encode::{encode_labeled, EncodeOptions, Encoded, LabeledText, LongSamples};
+pub use encode::{
+    encode_labeled, EncodeOptions, Encoded, LabeledText, LongSamples, LABEL_MASK_RULE,
+};
 pub use format::Format;
 pub use records::{parse_records, read_records, Record};
+pub use render_budget::RenderLimits;
 
 use crate::error::{Error, Result};
 use crate::tokenizer::SpecialTokens;
@@ -36,6 +44,35 @@ pub enum TrainOn {
     Responses,
     /// Every token of the rendered conversation.
     All,
+}
+
+impl TrainOn {
+    /// Both choices, with the name [`FromStr`](std::str::FromStr) and [`Display`](std::fmt::Display) use.
+    pub const ALL: [(TrainOn, &'static str); 2] =
+        [(TrainOn::Responses, "responses"), (TrainOn::All, "all")];
+}
+
+impl std::fmt::Display for TrainOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = TrainOn::ALL
+            .iter()
+            .find(|(t, _)| t == self)
+            .map_or("", |(_, n)| n);
+        f.write_str(name)
+    }
+}
+
+impl std::str::FromStr for TrainOn {
+    type Err = Error;
+
+    /// `responses` or `all` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        TrainOn::ALL
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(s.trim()))
+            .map(|(t, _)| *t)
+            .ok_or_else(|| Error::setting("train_on", format!("{s:?} is not responses or all")))
+    }
 }
 
 /// How records become texts.
@@ -72,12 +109,21 @@ pub struct DatasetReport {
     pub nothing_to_learn: usize,
     /// Format records without the `train_only_after` string (learned whole).
     pub marker_missing: usize,
+    /// Kept samples whose learned text starts inside a token (the `train_only_after` marker, or the template text
+    /// before a reply, ends mid-token): that token is learned, so the learned text starts with the marker's last
+    /// characters.
+    pub starts_mid_token: usize,
     /// Longest sample before any cut, in tokens.
     pub longest: usize,
     /// Tokens in the kept samples.
     pub tokens: usize,
     /// Learned (scored) tokens in the kept samples.
     pub learned: usize,
+    /// Chat-template renders, all records together (one per conversation, plus two per learned assistant turn
+    /// with `TrainOn::Responses`); 0 for instruction data.
+    pub renders: usize,
+    /// The most renders one record needed.
+    pub most_renders: usize,
 }
 
 /// Encoded samples and the record number (1-based) each came from.
@@ -127,9 +173,10 @@ pub fn labeled_text(
         DatasetKind::Chat { template, train_on } => {
             let messages = messages_of(rec, dataset)?;
             let wrap = |e: Error| match e {
-                Error::Dataset { path, message } => {
-                    Error::dataset(path, format!("{}: {message}", rec.location()))
-                }
+                Error::Dataset { path, message } => Error::dataset(
+                    path,
+                    format!("{} of {}: {message}", rec.location(), dataset.display()),
+                ),
                 other => other,
             };
             let (text, learn) = match train_on {
@@ -171,8 +218,16 @@ pub fn encode_dataset(
         ..EncodedDataset::default()
     };
     let r = &mut out.report;
+    let renders = || match kind {
+        DatasetKind::Chat { template, .. } => template.renders(),
+        DatasetKind::Format { .. } => 0,
+    };
     for rec in records {
+        let before = renders();
         let (text, found) = labeled_text(rec, kind, opts, dataset)?;
+        let n = renders() - before;
+        r.renders += n;
+        r.most_renders = r.most_renders.max(n);
         if !found {
             r.marker_missing += 1;
         }
@@ -184,9 +239,11 @@ pub fn encode_dataset(
                 sample,
                 truncated,
                 tokens,
+                starts_mid_token,
             } => {
                 r.longest = r.longest.max(tokens);
                 r.kept += 1;
+                r.starts_mid_token += usize::from(starts_mid_token);
                 r.truncated += usize::from(truncated);
                 r.tokens += sample.input_ids.len();
                 r.learned += sample

@@ -71,21 +71,28 @@ pub(super) fn q4_1(bytes: &[u8], out: &mut [f32]) {
     });
 }
 
-/// The 5-bit value of element `j` (and `j + 16`): a nibble plus bit `j` (`j + 16`) of `qh`.
+/// The fifth bits of a Q5 block as 16 or 0 per value (bit `j` of the little-endian `qh` for value `j`),
+/// spread a byte at a time without per-value shifts: multiplying by `0x0101..` copies the byte into every lane,
+/// the mask keeps bit `i` in lane `i`, and adding `0x7F` carries any set bit into the lane's top bit.
 #[inline(always)]
-fn five_bits(qs: &[u8; 16], qh: u32, j: usize) -> (u8, u8) {
-    let h0 = (((qh >> j) << 4) & 0x10) as u8;
-    let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-    ((qs[j] & 0x0F) | h0, (qs[j] >> 4) | h1)
+fn high_bits(qh: [u8; 4]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (o, b) in out.chunks_exact_mut(8).zip(qh) {
+        let spread = (u64::from(b) * 0x0101_0101_0101_0101) & 0x8040_2010_0804_0201;
+        let ones = ((spread + 0x7F7F_7F7F_7F7F_7F7F) >> 7) & 0x0101_0101_0101_0101;
+        o.copy_from_slice(&(ones << 4).to_le_bytes());
+    }
+    out
 }
 
 /// `d * (q - 16)`.
 pub(super) fn q5_0(bytes: &[u8], out: &mut [f32]) {
     blocks::<Q5_0_BYTES, false>(bytes, out, |b, d, _, o| {
         let [_, _, h0, h1, h2, h3, qs @ ..] = b;
-        let qh = u32::from_le_bytes([*h0, *h1, *h2, *h3]);
+        let hb = high_bits([*h0, *h1, *h2, *h3]);
         for j in 0..16 {
-            let (x0, x1) = five_bits(qs, qh, j);
+            let x0 = (qs[j] & 0x0F) | hb[j];
+            let x1 = (qs[j] >> 4) | hb[j + 16];
             o[j] = f32::from(i16::from(x0) - 16) * d;
             o[j + 16] = f32::from(i16::from(x1) - 16) * d;
         }
@@ -96,9 +103,10 @@ pub(super) fn q5_0(bytes: &[u8], out: &mut [f32]) {
 pub(super) fn q5_1(bytes: &[u8], out: &mut [f32]) {
     blocks::<Q5_1_BYTES, true>(bytes, out, |b, d, m, o| {
         let [_, _, _, _, h0, h1, h2, h3, qs @ ..] = b;
-        let qh = u32::from_le_bytes([*h0, *h1, *h2, *h3]);
+        let hb = high_bits([*h0, *h1, *h2, *h3]);
         for j in 0..16 {
-            let (x0, x1) = five_bits(qs, qh, j);
+            let x0 = (qs[j] & 0x0F) | hb[j];
+            let x1 = (qs[j] >> 4) | hb[j + 16];
             o[j] = f32::from(x0) * d + m;
             o[j + 16] = f32::from(x1) * d + m;
         }

@@ -38,8 +38,6 @@ pub(crate) enum QuantType {
     Q6K,
 }
 
-// Until the engine and the synthetic-model writer use every item.
-#[allow(dead_code)]
 impl QuantType {
     /// Every supported type, floats first.
     pub(crate) const ALL: [QuantType; 13] = [
@@ -209,7 +207,6 @@ pub(crate) fn dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) -> Result
     Ok(())
 }
 
-#[allow(dead_code)]
 /// Quantizes `values` (a multiple of `block_len`) and appends the blocks to `out` (candle's `from_float`, which
 /// follows llama.cpp's reference `quantize_row_*_ref`).
 pub(crate) fn quantize(ty: QuantType, values: &[f32], out: &mut Vec<u8>) -> Result<()> {
@@ -260,8 +257,11 @@ where
         H::cast(&bits).convert_to_f32_slice(o);
     }
     let (pairs, _) = tail.as_chunks::<2>();
-    let bits: Vec<u16> = pairs.iter().map(|p| u16::from_le_bytes(*p)).collect();
-    H::cast(&bits).convert_to_f32_slice(out_tail);
+    let mut bits = [0u16; HALF_CHUNK];
+    for (b, p) in bits.iter_mut().zip(pairs) {
+        *b = u16::from_le_bytes(*p);
+    }
+    H::cast(&bits[..out_tail.len()]).convert_to_f32_slice(out_tail);
 }
 
 /// The two 16-bit float types, reinterpreted from their bits.

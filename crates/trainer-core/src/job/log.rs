@@ -1,42 +1,44 @@
-//! The training log writer: `training_log.jsonl` appended one synced line
-//! per step, a record whole or absent.
+//! The training log file: `training_log.jsonl`, appended one synced line per step, each record whole or
+//! absent.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use plot_report::LogRecord;
 
-/// Appends log records, one synced line each, so the log survives a crash.
-/// A record is whole or absent: a failed append (a full disk) is cut back
-/// off, and a torn last line left by a crash is cut off when the log is
-/// opened again.
-pub struct LogWriter {
+use crate::error::{Error, Result};
+
+/// Appends log records, one synced line each, so the log survives a crash. A failed append (a full disk)
+/// is cut back off, and a torn last line left by a crash is cut off when the log is opened again.
+#[derive(Debug)]
+pub(crate) struct LogFile {
     file: File,
     path: PathBuf,
 }
 
-impl LogWriter {
+impl LogFile {
     /// Opens (or creates) the log for appending, cutting off a torn last line.
-    pub fn open(path: PathBuf) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let io = |e| Error::io(path, e);
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let whole = whole_lines_len(&mut file)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if whole < file.metadata()?.len() {
-            file.set_len(whole)
-                .with_context(|| format!("cannot repair {}", path.display()))?;
+            .open(path)
+            .map_err(io)?;
+        let whole = whole_lines_len(&mut file).map_err(io)?;
+        if whole < file.metadata().map_err(io)?.len() {
+            file.set_len(whole).map_err(io)?;
         }
-        Ok(Self { file, path })
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends one record; on failure the file is cut back to where it was.
-    pub fn append(&mut self, rec: &LogRecord) -> Result<()> {
+    pub(crate) fn append(&mut self, rec: &LogRecord) -> Result<()> {
         let before = self.file.metadata().map(|m| m.len());
         let written = self
             .file
@@ -47,7 +49,7 @@ impl LogWriter {
                 let _ = self.file.set_len(len);
             }
         }
-        written.with_context(|| format!("cannot append to {}", self.path.display()))
+        written.map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -72,17 +74,14 @@ fn whole_lines_len(file: &mut File) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::LOG_FILE;
     use plot_report::read_log;
 
     #[test]
     fn a_torn_last_line_is_cut_off_and_records_stay_whole() {
-        let d = std::env::temp_dir().join(format!("trainer-cli-log-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        let path = d.join(LOG_FILE);
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("training_log.jsonl");
         std::fs::write(&path, "{\"step\":1,\"epoch\":0.1}\n{\"step\":2,\"ep").unwrap();
-        let mut log = LogWriter::open(path.clone()).unwrap();
+        let mut log = LogFile::open(&path).unwrap();
         log.append(&LogRecord {
             step: 2,
             epoch: 0.2,
@@ -99,9 +98,8 @@ mod tests {
         // A log without a newline at all, and an empty one.
         for (text, left) in [("{\"step\":1", 0), ("", 0), ("\n", 1)] {
             std::fs::write(&path, text).unwrap();
-            drop(LogWriter::open(path.clone()).unwrap());
+            drop(LogFile::open(&path).unwrap());
             assert_eq!(std::fs::metadata(&path).unwrap().len(), left, "{text:?}");
         }
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

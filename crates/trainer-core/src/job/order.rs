@@ -1,51 +1,9 @@
-//! Training data for the run loop: blocks encoded exactly as trained, a
-//! seeded per-epoch order, and the micro-batches of each optimizer step.
+//! The order of training: a seeded shuffle per epoch, the micro-batches of each optimizer step, and the
+//! fingerprint of the data that a resume checks.
 
-use anyhow::{anyhow, bail, Result};
-use prts_chunker::Block;
 use schedulers::StepPlan;
-use tokenizers::Tokenizer;
-use trainer_core::{Sample, SpecialTokens};
 
-/// Encodes each block as `[BOS] + text + [EOS]` (as the block's flags say),
-/// and checks that the length equals what the chunker measured.
-pub fn encode_blocks(
-    blocks: &[Block],
-    tokenizer: &Tokenizer,
-    special: SpecialTokens,
-) -> Result<Vec<Vec<u32>>> {
-    let mut out = Vec::with_capacity(blocks.len());
-    for (i, b) in blocks.iter().enumerate() {
-        let enc = tokenizer
-            .encode(b.text.as_str(), false)
-            .map_err(|e| anyhow!("cannot tokenize block {i}: {e}"))?;
-        let mut ids = Vec::with_capacity(enc.len() + 2);
-        if b.bos {
-            ids.push(
-                special
-                    .bos
-                    .ok_or_else(|| anyhow!("the model has no BOS token: set bos = false"))?,
-            );
-        }
-        ids.extend_from_slice(enc.get_ids());
-        if b.eos {
-            ids.push(
-                special
-                    .eos
-                    .ok_or_else(|| anyhow!("the model has no EOS token: set eos = \"none\""))?,
-            );
-        }
-        if ids.len() != b.tokens {
-            bail!(
-                "block {i} encodes to {} tokens but the chunker counted {}; this is a bug, please report it",
-                ids.len(),
-                b.tokens
-            );
-        }
-        out.push(ids);
-    }
-    Ok(out)
-}
+use crate::train::Sample;
 
 /// SplitMix64: a tiny, fully specified generator, so the data order of a
 /// run depends only on (seed, epoch) and survives any resume.
@@ -109,12 +67,52 @@ pub fn step_batches(plan: &StepPlan, order: &[usize], step: u64) -> Vec<Vec<usiz
         .collect()
 }
 
-/// Turns sample indices into the micro-batches of a step.
-pub fn samples(all: &[Sample], batches: &[Vec<usize>]) -> Vec<Vec<Sample>> {
-    batches
-        .iter()
-        .map(|b| b.iter().map(|&i| all[i].clone()).collect())
-        .collect()
+/// FNV-1a over the encoded blocks: cheap, stable across platforms.
+pub(crate) fn fingerprint(blocks: &[Vec<u32>]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u32| {
+        for b in x.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for block in blocks {
+        eat(u32::MAX);
+        for &id in block {
+            eat(id);
+        }
+    }
+    h
+}
+
+/// The fingerprint of a run's data: an FNV-1a hash of the training token ids (so a raw-text run keeps the value
+/// it always had), extended with the labels and the eval set when any label is masked or an eval set exists.
+pub fn data_fingerprint(train: &[Sample], eval: &[Sample]) -> u64 {
+    let ids: Vec<Vec<u32>> = train.iter().map(|s| s.input_ids.clone()).collect();
+    let base = fingerprint(&ids);
+    let causal = |s: &Sample| {
+        s.labels
+            .iter()
+            .zip(&s.input_ids)
+            .all(|(&l, &i)| l == i64::from(i))
+    };
+    if eval.is_empty() && train.iter().all(causal) {
+        return base;
+    }
+    // Labels as u32 (-100 -> u32::MAX - 1, which no vocabulary reaches), then the eval set.
+    let label = |l: i64| u32::try_from(l).unwrap_or(u32::MAX - 1);
+    let mut more: Vec<Vec<u32>> = vec![vec![(base >> 32) as u32, base as u32]];
+    more.extend(
+        train
+            .iter()
+            .map(|s| s.labels.iter().map(|&l| label(l)).collect()),
+    );
+    more.push(Vec::new());
+    for s in eval {
+        more.push(s.input_ids.clone());
+        more.push(s.labels.iter().map(|&l| label(l)).collect());
+    }
+    fingerprint(&more)
 }
 
 #[cfg(test)]
@@ -126,7 +124,7 @@ mod tests {
     proptest! {
         #[test]
         fn every_block_once_per_epoch(blocks in 1u64..200, bs in 1u64..9, ga in 1u64..9, seed: u64) {
-            let plan = StepPlan::new(PlanInput { blocks, batch_size: bs, grad_accum: ga, epochs: 2.0, warmup: Warmup::Steps(0) }).unwrap();
+            let plan = StepPlan::new(PlanInput { blocks, batch_size: bs, grad_accum: ga, epochs: 2.0, warmup: Warmup::Steps(0), max_steps: None }).unwrap();
             for epoch in 0..2u64 {
                 let order = epoch_order(blocks as usize, seed, epoch);
                 let mut seen = Vec::new();
@@ -148,6 +146,30 @@ mod tests {
             let mut s = a.clone();
             s.sort_unstable();
             prop_assert_eq!(s, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn data_fingerprint_sees_masks_and_eval_sets() {
+        use crate::IGNORE_INDEX;
+        let train = vec![Sample::causal(vec![1, 2, 3]), Sample::causal(vec![4, 5])];
+        assert_eq!(
+            data_fingerprint(&train, &[]),
+            fingerprint(&[vec![1, 2, 3], vec![4, 5]])
+        );
+        let mut masked = train.clone();
+        masked[0].labels[1] = IGNORE_INDEX;
+        let eval = vec![Sample::causal(vec![7, 8])];
+        let all = [
+            data_fingerprint(&train, &[]),
+            data_fingerprint(&masked, &[]),
+            data_fingerprint(&train, &eval),
+            data_fingerprint(&masked, &eval),
+        ];
+        for i in 0..all.len() {
+            for j in i + 1..all.len() {
+                assert_ne!(all[i], all[j], "{i} vs {j}");
+            }
         }
     }
 
