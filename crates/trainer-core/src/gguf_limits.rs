@@ -71,17 +71,23 @@ impl HeaderMemory {
     }
 }
 
-/// Refuses a tensor whose shape holds no elements (no model has one).
+/// Refuses a tensor whose shape holds no elements (no model has one) or more than a `u64` can count.
 pub(crate) fn check_shape(name: &str, dims: &[usize], path: &Path) -> Result<()> {
-    if dims.contains(&0) {
-        return Err(Error::model(
-            path,
-            format!(
-                "tensor `{name}` declares shape {dims:?}, which holds no elements: the file is damaged"
-            ),
-        ));
-    }
-    Ok(())
+    let problem = if dims.contains(&0) {
+        "which holds no elements: the file is damaged"
+    } else if dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .is_none()
+    {
+        "whose element count overflows: the file is damaged or not a model"
+    } else {
+        return Ok(());
+    };
+    Err(Error::model(
+        path,
+        format!("tensor `{name}` declares shape {dims:?}, {problem}"),
+    ))
 }
 
 /// The model's counts against [`LIMITS`] and against the tensors present, and the tokenizer's vocabulary

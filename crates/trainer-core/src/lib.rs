@@ -62,7 +62,6 @@
 //! ```
 
 mod adapter;
-mod atomic_file;
 mod autograd;
 mod config;
 pub mod dataset;
