@@ -84,11 +84,12 @@ impl GgmlType {
                 "{name} rows of {cols} values are not whole blocks of {bl}"
             ));
         }
-        let elems = dims
+        let bytes = dims
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
-            .ok_or_else(|| format!("dimensions {dims:?} overflow"))?;
-        Ok(Some(elems / bl as u64 * bb as u64))
+            .and_then(|elems| (elems / bl as u64).checked_mul(bb as u64))
+            .ok_or_else(|| format!("dimensions {dims:?} of {name} overflow"))?;
+        Ok(Some(bytes))
     }
 
     /// Whether the values are f32 as stored.

@@ -184,8 +184,9 @@ pub(crate) fn tiny_gguf(blocks: u64) -> Vec<u8> {
 
 /// The inputs in `fuzz/seeds/gguf/` (each the 4-byte tag of the target's raw-bytes case, then a GGUF file),
 /// among them the fuzzer's findings: a `block_count` of 69879750394594115 (it aborted the process in
-/// `Vec::with_capacity`) and a tensor with a dimension of 0 (read by candle through a misaligned slice):
-/// each loads or fails with an error, and those two fail naming the key or the empty tensor.
+/// `Vec::with_capacity`), a tensor with a dimension of 0 (read by candle through a misaligned slice) and a
+/// tensor whose byte size overflows: each loads or fails with an error, and those three fail naming the key,
+/// the empty tensor or the overflow.
 #[test]
 fn the_gguf_fuzz_seeds_load_or_fail_cleanly() {
     let ok = std::env::temp_dir().join(format!("gguf-tiny-{}.gguf", std::process::id()));
@@ -210,11 +211,17 @@ fn the_gguf_fuzz_seeds_load_or_fail_cleanly() {
             let e = res.err().unwrap_or_else(|| panic!("{name} loaded"));
             assert!(e.to_string().contains("holds no elements"), "{name}: {e}");
             named += 1;
+        } else if name.starts_with("byte-size-overflow") {
+            // A shape whose element count fits in 64 bits but whose byte size does not (it overflowed in the
+            // size computation: a panic in the fuzz build, a wrong size without overflow checks).
+            let e = res.err().unwrap_or_else(|| panic!("{name} loaded"));
+            assert!(e.to_string().contains("overflow"), "{name}: {e}");
+            named += 1;
         }
     }
     assert!(
-        named >= 2,
-        "the count and empty-tensor seeds are missing from {}",
+        named >= 3,
+        "the count, empty-tensor or byte-size seeds are missing from {}",
         seeds.display()
     );
 }
