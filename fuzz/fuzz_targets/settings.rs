@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
             let written = s.to_toml().expect("valid settings can be recorded");
             let back = Settings::from_toml(&written).expect("recorded settings read back");
             assert_eq!(back, s, "recorded settings changed\n{written}");
+            // Equal settings build the same job, whose resume settings then cannot conflict.
             assert!(back.validate().is_ok());
         }
         Err(e) => {

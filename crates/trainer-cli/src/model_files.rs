@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use trainer_core::{Adapter, Model};
+use trainer_core::{Adapter, LoadOptions, Model};
 
 /// Arguments of `trainer-cli convert`.
 #[derive(Debug, Args)]
@@ -50,9 +50,25 @@ pub fn device() -> candle_core::Device {
     candle_core::Device::Cpu
 }
 
-/// Loads a model (a .gguf file or a Hugging Face folder) on [`device`], with an error naming it.
+/// Loads a model (a .gguf file or a Hugging Face folder) on [`device`] with the default load options (the
+/// frozen weights kept as stored), with an error naming it.
 pub fn load_model(path: &std::path::Path) -> Result<Model> {
-    Model::load(path, &device()).with_context(|| format!("cannot load model {}", path.display()))
+    load_model_with(path, &LoadOptions::default())
+}
+
+/// [`load_model`] with the given load options (`base_weights`).
+pub fn load_model_with(path: &std::path::Path, options: &LoadOptions) -> Result<Model> {
+    Model::load_with(path, &device(), options)
+        .with_context(|| format!("cannot load model {}", path.display()))
+}
+
+/// Bytes as MiB (or GiB from 10 GiB) for messages.
+pub fn mib(bytes: u64) -> String {
+    if bytes >= 10 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
 }
 
 /// Runs `trainer-cli convert`.

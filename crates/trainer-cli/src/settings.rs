@@ -16,7 +16,7 @@ use schedulers::{Schedule, StepPlan, Warmup};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use trainer_core::dataset::TrainOn;
 use trainer_core::job::{AdapterFormats, DataOptions, DataSources, EvalEvery, PlanSettings};
-use trainer_core::{AdamWParams, Model, TrainConfig};
+use trainer_core::{AdamWParams, BaseWeights, LoadOptions, Model, TrainConfig};
 
 /// A library enum as a setting: written and read (TOML and flags) as the name users type, parsed into the
 /// library's type at once.
@@ -113,8 +113,10 @@ settings! {
     }
     /// The other settings of a training run.
     RunFlags("Settings (also config-file keys)") {
-        /// Model: a Hugging Face folder or a .gguf file.
+        /// Model: a Hugging Face folder or a .gguf file (or the first part of a split one, NAME-00001-of-0000N.gguf).
         model: PathBuf = PathBuf::new();
+        /// Base weights in memory: keep (as stored in the file: Q4_K, Q8_0, F16, BF16...; far less memory) or f32 (expanded when loading).
+        base_weights: Named<BaseWeights> = Named(BaseWeights::Keep);
         /// Raw text: a file, or a folder of .txt files (joined with the hard cut).
         text: PathBuf = PathBuf::new();
         /// Dataset: a JSON array or JSON Lines file of instruction records (with `format`) or chat records (`messages`).
@@ -525,6 +527,14 @@ impl Settings {
             EvalEvery::Steps(self.eval_steps)
         } else {
             EvalEvery::EpochEnd
+        }
+    }
+
+    /// How the model is loaded (`base_weights`; the memory limit is the process's own).
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            base_weights: self.base_weights.0,
+            ..LoadOptions::default()
         }
     }
 

@@ -19,7 +19,7 @@ use trainer_core::Model;
 use crate::fsutil::{disk_full_hint, output_error};
 use crate::init_adapter;
 use crate::lock;
-use crate::model_files::load_model;
+use crate::model_files::{load_model_with, mib};
 use crate::observer::{CliObserver, ProgressMode};
 use crate::settings::{SettingFlags, Settings};
 use crate::signals;
@@ -111,13 +111,20 @@ fn resolve_settings(args: &TrainArgs) -> Result<Settings> {
 fn prepare(s: &Settings, quiet: bool) -> Result<Prepared> {
     let files = DataFiles::read(s.data_sources()?, s.data_options())?;
     let t0 = Instant::now();
-    let model = load_model(&s.model)?;
+    let model = load_model_with(&s.model, &s.load_options())?;
     if !quiet {
+        let types: Vec<String> = model
+            .weight_types()
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
         eprintln!(
-            "loaded {} ({}, {} layers) in {:.1}s",
+            "loaded {} ({}, {} layers; weights {}, {} in memory) in {:.1}s",
             s.model.display(),
             model.config().model_type,
             model.config().num_hidden_layers,
+            types.join(", "),
+            mib(model.resident_bytes()),
             t0.elapsed().as_secs_f64()
         );
     }
@@ -161,6 +168,7 @@ fn dry_run(s: &Settings, p: &Prepared, show: usize) -> Result<()> {
         p.lora.target_modules.join(",")
     );
     println!("\n# plan\n{}", p.plan.text());
+    print_memory_estimate(s, p)?;
     for i in 0..show.min(p.data.samples.len()) {
         println!("\n{}", p.data.sample_text(i, p.model.tokenizer())?);
     }
@@ -171,6 +179,43 @@ fn dry_run(s: &Settings, p: &Prepared, show: usize) -> Result<()> {
         let title = format!("{} LR preview", p.plan.scheduler.schedule());
         plot_report::render_schedule(&p.plan.lr_curve(), &title, &png)?;
         println!("\nwrote {}", png.display());
+    }
+    Ok(())
+}
+
+/// Prints the estimated peak memory of the run, with and without gradient checkpointing, and a warning when it is
+/// more than this process can have.
+fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
+    let est = |ckpt| {
+        p.model
+            .estimate_training(&p.lora, (s.batch_size, s.cutoff), ckpt)
+    };
+    let (with, without) = (est(true)?, est(false)?);
+    let chosen = if s.gradient_checkpointing {
+        with
+    } else {
+        without
+    };
+    println!(
+        "memory:         about {} at peak: weights {} + trainable and optimizer {} + activations {} (batch {} x cutoff {}) + runtime {}\n                gradient_checkpointing = true: about {}; = false: about {}",
+        mib(chosen.total()),
+        mib(chosen.weights),
+        mib(chosen.trainable),
+        mib(chosen.activations),
+        s.batch_size,
+        s.cutoff,
+        mib(chosen.runtime),
+        mib(with.total()),
+        mib(without.total())
+    );
+    if let Some(limit) = trainer_core::memory::process_limit() {
+        if chosen.total() > limit.bytes {
+            println!(
+                "warning:        that is more than the {} this process can have ({}): set gradient_checkpointing = true, or lower batch_size or cutoff",
+                mib(limit.bytes),
+                limit.source
+            );
+        }
     }
     Ok(())
 }
@@ -325,6 +370,7 @@ pub fn check(args: &TrainArgs) -> Result<ExitCode> {
     println!("{}", p.data.summary_text(s.eval_every()));
     println!("{}", p.plan.text());
     println!("{}", p.data.padding_text(s.batch_size));
+    print_memory_estimate(&s, &p)?;
     let total = p.plan.steps.total_steps;
     let warmup = (total.div_ceil(10))
         .min(p.plan.steps.steps_per_epoch)

@@ -9,6 +9,10 @@
 # PYTHON: an interpreter with torch, transformers and peft (default python3); PyTorch runs with its defaults.
 # The GGUF comes from TRAINER_TEST_MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf). Build bench_train first:
 #   cargo build --release -p trainer-core --example bench_train
+# Ours runs directly, as an installed binary would (no allocator variables), with base=f32 (the weights in the
+# form PyTorch trains them). BASELINE=path/to/an/older/bench_train adds a third contender each round, run with the
+# glibc malloc variables the project's cargo configuration used to set (MALLOC_MMAP_THRESHOLD_=33554432
+# MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=536870912), as `cargo run` ran it.
 set -euo pipefail
 
 hf_dir=${1:?usage: bench_side_by_side.sh HF_DIR [steps] [rounds]}
@@ -39,9 +43,12 @@ run() { # run NAME TARGETS COMMAND...
 for round in $(seq 1 "$rounds"); do
     for targets in qv all; do
         echo "== round $round, $targets =="
-        # The glibc malloc settings of .cargo/config.toml (bench_train is run directly, not through cargo).
-        run ours "$targets" env RAYON_NUM_THREADS="$threads" MALLOC_MMAP_THRESHOLD_=33554432 \
-            MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=536870912 "$bench" "$targets" "$steps"
+        run ours "$targets" env -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ -u MALLOC_TOP_PAD_ \
+            RAYON_NUM_THREADS="$threads" "$bench" "$targets" "$steps" base=f32
+        if [ -n "${BASELINE:-}" ]; then
+            run baseline "$targets" env RAYON_NUM_THREADS="$threads" MALLOC_MMAP_THRESHOLD_=33554432 \
+                MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=536870912 "$BASELINE" "$targets" "$steps"
+        fi
         run torch "$targets" env TORCH_THREADS="$threads" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" \
             "$python" "$here/bench_peft.py" "$hf_dir" "$targets" "$steps"
     done
@@ -71,9 +78,12 @@ function median(k,   i, j, t, c) {
 END {
     for (ti = 1; ti <= 2; ti++) {
         t = (ti == 1) ? "qv" : "all"
-        o = "ours " t; p = "torch " t
+        o = "ours " t; p = "torch " t; b = "baseline " t
         if (!(o in n) || !(p in n)) continue
         printf "%-3s tokens/s best: ours %.1f torch %.1f ratio %.2fx | median-of-medians: ours %.1f torch %.1f ratio %.2fx | peak RSS: ours %d MB torch %d MB ratio %.2fx\n", \
             t, best[o], best[p], best[o] / best[p], median(o), median(p), median(o) / median(p), rss[o], rss[p], rss[o] / rss[p]
+        if (b in n)
+            printf "%-3s against the baseline (old engine, malloc variables): tokens/s best %.1f vs %.1f (%.2fx), median-of-medians %.1f vs %.1f (%.2fx), peak RSS %d vs %d MB\n", \
+                t, best[o], best[b], best[o] / best[b], median(o), median(b), median(o) / median(b), rss[o], rss[b]
     }
 }' "$results"

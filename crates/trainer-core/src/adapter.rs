@@ -104,12 +104,18 @@ impl Adapter {
         let save = |name: &str| settings.modules_to_save.iter().any(|m| m == name);
         let w = &model.weights;
         let lm_head = if save(LM_HEAD) {
-            Some(w.lm_head.as_ref().unwrap_or(&w.embed).copy()?)
+            Some(
+                w.lm_head
+                    .as_ref()
+                    .unwrap_or(&w.embed)
+                    .to_tensor(dev)?
+                    .copy()?,
+            )
         } else {
             None
         };
         let embed_tokens = if save("embed_tokens") || save(EMBED) {
-            Some(w.embed.copy()?)
+            Some(w.embed.to_tensor(dev)?.copy()?)
         } else {
             None
         };

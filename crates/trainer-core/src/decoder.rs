@@ -1,4 +1,6 @@
-//! The Llama-family decoder (llama, mistral, qwen2) in Hugging Face weight layout, differentiable end to end.
+//! The model's weights, and the Llama-family decoder (llama, mistral, qwen2) in Hugging Face weight layout
+//! composed from candle ops, differentiable end to end: the path for CUDA and the oracle the CPU engine is tested
+//! against.
 //!
 //! Reference: transformers `models/llama/modeling_llama.py` (and qwen2's q/k/v bias). Built only from ops that
 //! have a backward (see `ops.rs`), so LoRA Vars anywhere in it receive gradients.
@@ -8,15 +10,17 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use crate::config::ModelConfig;
 use crate::dropout::Dropout;
 use crate::lora::{LoraPair, LoraWeights};
+use crate::matrix::Matrix;
+use crate::ops;
 use crate::rng::Rng;
-use crate::{fused, fused_attention, ops};
 
 /// Frozen weights of one decoder layer, `[out, in]` linear weights.
 #[derive(Debug, Clone)]
 pub(crate) struct Layer {
+    /// f32 norm weight.
     pub input_norm: Tensor,
-    /// q, k, v, o, gate, up, down (the order of `lora::MODULES`).
-    pub linears: [Tensor; 7],
+    /// q, k, v, o, gate, up, down (the order of `lora::MODULES`), each as stored.
+    pub linears: [Matrix; 7],
     /// q, k, v biases (qwen2).
     pub qkv_bias: Option<[Tensor; 3]>,
     pub post_norm: Tensor,
@@ -25,11 +29,11 @@ pub(crate) struct Layer {
 /// All frozen weights.
 #[derive(Debug, Clone)]
 pub(crate) struct Weights {
-    pub embed: Tensor,
+    pub embed: Matrix,
     pub layers: Vec<Layer>,
     pub norm: Tensor,
     /// `None` when tied to `embed`.
-    pub lm_head: Option<Tensor>,
+    pub lm_head: Option<Matrix>,
     /// Per-frequency RoPE divisors from a GGUF `rope_freqs.weight` (llama3-style), if present.
     pub rope_freq_factors: Option<Vec<f64>>,
 }
@@ -56,76 +60,56 @@ impl Noise<'_> {
     }
 }
 
+/// The first halves of the RoPE tables (half-split layout), `[t, head_dim / 2]` each: the other halves repeat
+/// them. `factors` are per-frequency divisors (a GGUF `rope_freqs.weight`).
+pub(crate) fn rope_half_tables(
+    cfg: &ModelConfig,
+    factors: Option<&[f64]>,
+    t: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut inv = cfg.inv_freq();
+    if let Some(f) = factors {
+        for (v, d) in inv.iter_mut().zip(f) {
+            *v /= d;
+        }
+    }
+    let half = inv.len();
+    let mut cos = vec![0f32; t * half];
+    let mut sin = vec![0f32; t * half];
+    for pos in 0..t {
+        for (i, f) in inv.iter().enumerate() {
+            // Match torch: freqs computed in f32 (inv_freq f32 times position f32).
+            let angle = (*f as f32) * pos as f32;
+            cos[pos * half + i] = angle.cos();
+            sin[pos * half + i] = angle.sin();
+        }
+    }
+    (cos, sin)
+}
+
+/// The candle decoder over the model's weights (packed weights are expanded as each op needs them).
 pub(crate) struct Decoder<'a> {
     pub cfg: &'a ModelConfig,
     pub w: &'a Weights,
-    /// Use the fused CPU ops of `fused.rs` (same results, faster backward); else the composed ops.
-    pub fused: bool,
 }
 
 impl Decoder<'_> {
-    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        if self.fused {
-            fused::linear(x, w, bias)
-        } else {
-            ops::linear(x, w, bias)
-        }
-    }
-
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        if self.fused {
-            fused::rms_norm(x, w, self.cfg.rms_norm_eps)
-        } else {
-            ops::rms_norm(x, w, self.cfg.rms_norm_eps)
-        }
-    }
-
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        if self.fused {
-            fused::rope(x, cos, sin)
-        } else {
-            ops::rope(x, cos, sin)
-        }
+        ops::rms_norm(x, w, self.cfg.rms_norm_eps)
     }
 
     fn rope_tables(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-        let mut inv = self.cfg.inv_freq();
-        if let Some(f) = &self.w.rope_freq_factors {
-            for (v, d) in inv.iter_mut().zip(f) {
-                *v /= d;
-            }
-        }
-        let half = inv.len();
-        let hd = 2 * half;
-        let mut cos = vec![0f32; t * hd];
-        let mut sin = vec![0f32; t * hd];
-        for pos in 0..t {
-            for (i, f) in inv.iter().enumerate() {
-                // Match torch: freqs computed in f32 (inv_freq f32 times position f32).
-                let angle = (*f as f32) * pos as f32;
-                for j in [i, i + half] {
-                    cos[pos * hd + j] = angle.cos();
-                    sin[pos * hd + j] = angle.sin();
-                }
-            }
-        }
-        Ok((
-            Tensor::from_vec(cos, (t, hd), device)?,
-            Tensor::from_vec(sin, (t, hd), device)?,
-        ))
-    }
-
-    /// The first halves of the RoPE tables, `[t, head_dim / 2]` each (the other halves repeat them).
-    pub(crate) fn rope_half_tables(&self, t: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (cos, sin) = self.rope_tables(t, &Device::Cpu)?;
-        let half = cos.dim(1)? / 2;
-        let take = |x: Tensor| {
-            x.narrow(1, 0, half)?
-                .contiguous()?
-                .flatten_all()?
-                .to_vec1::<f32>()
+        let (c, s) = rope_half_tables(self.cfg, self.w.rope_freq_factors.as_deref(), t);
+        let half = c.len() / t.max(1);
+        let full = |v: &[f32]| -> Vec<f32> {
+            v.chunks(half.max(1))
+                .flat_map(|row| row.iter().chain(row.iter()).copied())
+                .collect()
         };
-        Ok((take(cos)?, take(sin)?))
+        Ok((
+            Tensor::from_vec(full(&c), (t, 2 * half), device)?,
+            Tensor::from_vec(full(&s), (t, 2 * half), device)?,
+        ))
     }
 
     fn proj(
@@ -142,17 +126,15 @@ impl Decoder<'_> {
             _ => None,
         };
         let pair = lora.and_then(|lw| lw.layers[layer][m].as_ref().map(|p| (p, lw.scale)));
+        let w = l.linears[m].to_tensor(x.device())?;
         let Some((LoraPair { a, b }, scale)) = pair else {
-            return self.linear(x, &l.linears[m], bias);
+            return ops::linear(x, &w, bias);
         };
         let mask = match noise {
             Some(n) => n.dropout_mask(x)?,
             None => None,
         };
-        if self.fused {
-            return fused::lora_linear(x, &l.linears[m], bias, a, b, scale, mask.as_ref());
-        }
-        let y = ops::linear(x, &l.linears[m], bias)?;
+        let y = ops::linear(x, &w, bias)?;
         let xin = match &mask {
             Some(mk) => x.mul(mk)?,
             None => x.clone(),
@@ -170,9 +152,10 @@ impl Decoder<'_> {
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let hsize = self.cfg.hidden_size;
-        let embed = lora
-            .and_then(|l| l.embed_tokens.as_ref())
-            .unwrap_or(&self.w.embed);
+        let embed = match lora.and_then(|l| l.embed_tokens.as_ref()) {
+            Some(e) => e.clone(),
+            None => self.w.embed.to_tensor(ids.device())?,
+        };
         let x = embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, hsize))?;
@@ -224,16 +207,11 @@ impl Decoder<'_> {
         let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
         let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = self.rope(&q, cos, sin)?;
-        let k = repeat_kv(&self.rope(&k, cos, sin)?, nh / nkv)?;
+        let q = ops::rope(&q, cos, sin)?;
+        let k = repeat_kv(&ops::rope(&k, cos, sin)?, nh / nkv)?;
         let v = repeat_kv(&v, nh / nkv)?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = if self.fused {
-            // The mask of `tables` is causal, which the fused op applies by itself.
-            fused_attention::causal_softmax(&scores, scale)?
-        } else {
-            ops::softmax(&(scores * scale)?.broadcast_add(mask)?)?
-        };
+        let probs = ops::softmax(&(scores * scale)?.broadcast_add(mask)?)?;
         let attn = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -243,11 +221,7 @@ impl Decoder<'_> {
         let h = self.rms_norm(&x, &layer.post_norm)?;
         let gate = self.proj(&h, li, 4, lora, noise)?;
         let up = self.proj(&h, li, 5, lora, noise)?;
-        let act = if self.fused {
-            fused::swiglu(&gate, &up)?
-        } else {
-            (candle_nn::ops::silu(&gate)? * up)?
-        };
+        let act = (candle_nn::ops::silu(&gate)? * up)?;
         let mlp = self.proj(&act, li, 6, lora, noise)?;
         x + mlp
     }
@@ -275,10 +249,16 @@ impl Decoder<'_> {
     /// The output projection `[V, H]` in effect: a modules_to_save `lm_head`, else the base lm_head, else the
     /// base embeddings when tied (PEFT's default `ensure_weight_tying=false`: a trained `embed_tokens` copy does
     /// not move the tied head).
-    pub(crate) fn head<'b>(&'b self, lora: Option<&'b LoraWeights>) -> &'b Tensor {
-        lora.and_then(|l| l.lm_head.as_ref())
-            .or(self.w.lm_head.as_ref())
-            .unwrap_or(&self.w.embed)
+    pub(crate) fn head(&self, lora: Option<&LoraWeights>, device: &Device) -> Result<Tensor> {
+        match lora.and_then(|l| l.lm_head.as_ref()) {
+            Some(h) => Ok(h.clone()),
+            None => self
+                .w
+                .lm_head
+                .as_ref()
+                .unwrap_or(&self.w.embed)
+                .to_tensor(device),
+        }
     }
 }
 

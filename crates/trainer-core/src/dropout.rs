@@ -4,8 +4,6 @@
 //! `(key, i)` falls below `p`. Masks are therefore the same whatever the thread count, can be built in parallel
 //! and never need storing: backward (and gradient checkpointing's recomputation) regenerates them from the key.
 
-use std::borrow::Cow;
-
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -60,23 +58,16 @@ impl Dropout {
         out
     }
 
-    /// `x ⊙ mask`.
-    pub(crate) fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = x.to_vec();
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-            for (j, v) in o.iter_mut().enumerate() {
-                *v *= self.factor(c * CHUNK + j);
-            }
-        });
-        out
-    }
-
-    /// `x ⊙ mask` when there is a mask, else `x` itself (no copy).
-    pub(crate) fn masked<'a>(mask: Option<&Self>, x: &'a [f32]) -> Cow<'a, [f32]> {
-        match mask {
-            Some(d) => Cow::Owned(d.apply(x)),
-            None => Cow::Borrowed(x),
-        }
+    /// `out = x ⊙ mask`.
+    pub(crate) fn apply_into(&self, x: &[f32], out: &mut [f32]) {
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (o, x))| {
+                for (j, (o, x)) in o.iter_mut().zip(x).enumerate() {
+                    *o = x * self.factor(c * CHUNK + j);
+                }
+            });
     }
 
     /// `y += x ⊙ mask` in one pass.
@@ -110,7 +101,8 @@ mod tests {
             let keep = (1.0 / (1.0 - p)) as f32;
             prop_assert!(v.iter().all(|&x| x == 0.0 || x == keep));
             let x: Vec<f32> = (0..n).map(|i| i as f32 - 7.0).collect();
-            let applied = m.apply(&x);
+            let mut applied = vec![0f32; n];
+            m.apply_into(&x, &mut applied);
             prop_assert!(applied.iter().zip(&x).zip(&v).all(|((a, x), m)| *a == x * m));
             let mut y = vec![1f32; n];
             m.add_masked(&mut y, &x);

@@ -1,11 +1,13 @@
 //! Evaluation loss: the masked mean next-token cross-entropy of a set of samples, forward only (no dropout, no
-//! NEFTune noise, no gradients), batched with the same dynamic right padding as training.
+//! NEFTune noise, no gradients), batched with the same dynamic right padding as training. On the CPU it runs the
+//! engine's forward (on the weights as stored); on other devices the composed decoder.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 
 use crate::adapter::Adapter;
+use crate::engine::{self, Workspace};
 use crate::error::{Error, Result};
 use crate::loss;
 use crate::model::Model;
@@ -39,6 +41,7 @@ pub fn evaluate(
     let d = model.decoder();
     let dev = model.device().clone();
     let hidden = model.config.hidden_size;
+    let mut ws = Workspace::default();
     let mut sum = 0f64;
     let mut total = 0usize;
     for (bi, batch) in samples.chunks(batch_size.max(1)).enumerate() {
@@ -74,14 +77,21 @@ pub fn evaluate(
         if rows.is_empty() {
             continue;
         }
-        let ids = Tensor::from_vec(ids, (batch.len(), t), &dev)?;
-        let h = d.hidden(&ids, lora, None)?;
-        let h = h
-            .reshape((batch.len() * t, hidden))?
-            .index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?;
-        let nll =
-            loss::nll_sum_composed(&h, d.head(lora), &Tensor::new(targets.as_slice(), &dev)?)?;
-        sum += f64::from(nll.to_scalar::<f32>()?);
+        if dev.is_cpu() {
+            let bt = (ids.as_slice(), batch.len(), t);
+            sum += model.with_net(adapter, |net| {
+                Ok(engine::nll_sum(net, bt, &rows, &targets, &mut ws)?)
+            })?;
+        } else {
+            let ids = Tensor::from_vec(ids, (batch.len(), t), &dev)?;
+            let h = d.hidden(&ids, lora, None)?;
+            let h = h
+                .reshape((batch.len() * t, hidden))?
+                .index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?;
+            let head = d.head(lora, &dev)?;
+            let nll = loss::nll_sum_composed(&h, &head, &Tensor::new(targets.as_slice(), &dev)?)?;
+            sum += f64::from(nll.to_scalar::<f32>()?);
+        }
         total += targets.len();
     }
     if total == 0 {

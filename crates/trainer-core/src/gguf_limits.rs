@@ -1,27 +1,34 @@
 //! What a GGUF file declares, checked before anything is sized from it.
 //!
 //! A GGUF header is a list of counts and lengths, each of which sizes an allocation in the reader or the loader.
-//! Before candle reads the header, it is walked here and the memory candle's reader will allocate for it is
-//! estimated (32 bytes per metadata value, plus every string; candle itself checks each length against the bytes
-//! left in the file, but a file of 1 GB of one-byte array elements still becomes 32 GB of values): over
-//! [`MAX_HEADER_MEMORY`] is refused, as is a `general.alignment` of 0 (candle divides by it). Once read, the
+//! The reader ([`crate::gguf_file`]) checks every length against the bytes left in the file before it allocates,
+//! and counts here, as it reads, the memory the metadata and tensor table take once read ([`HeaderMemory`]: 32
+//! bytes per metadata value plus every string, an entry per key and tensor): a file of 1 GB of one-byte array
+//! elements would still become 32 GB of values, so over [`MAX_HEADER_MEMORY`] is refused. Once read, the
 //! model's counts (layers, heads, sizes, context, vocabulary) are checked against sane limits
-//! ([`crate::config::LIMITS`]) and against the tensors present, and every tensor's declared size against the
-//! file, each error naming the key or tensor.
+//! ([`crate::config::LIMITS`]) and against the tensors present ([`check_model`]), each error naming the key or
+//! tensor.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::gguf_file::Value;
 
 use crate::config::LIMITS;
 use crate::error::{Error, Result};
+use crate::gguf_file::TensorInfo;
 use crate::tokenizer::md_u64;
 
-/// The most memory the metadata and tensor table of a GGUF file may take once read (real files take under
-/// 100 MB: a 256k-token vocabulary with its merges is about 40 MB).
+/// The most memory the metadata and tensor table of a GGUF file (all its parts together) may take once read
+/// (real files take under 100 MB: a 256k-token vocabulary with its merges is about 40 MB).
 pub(crate) const MAX_HEADER_MEMORY: u64 = 1 << 30;
+
+/// The bytes one metadata value takes once read ([`Value`]), besides a string's text.
+pub(crate) const VALUE_BYTES: u64 = 32;
+/// A map entry of the metadata or the tensor table, besides its key and value.
+pub(crate) const ENTRY_BYTES: u64 = 64;
+/// A tensor of the table once read, besides its name and dimensions.
+pub(crate) const TENSOR_BYTES: u64 = ENTRY_BYTES + std::mem::size_of::<TensorInfo>() as u64;
 
 /// The GGUF metadata keys (after `{arch}.`) of the model sizes, with the configuration field each fills.
 const COUNT_KEYS: [(&str, &str); 7] = [
@@ -34,60 +41,69 @@ const COUNT_KEYS: [(&str, &str); 7] = [
     ("context_length", "max_position_embeddings"),
 ];
 
-/// Reads the metadata and tensor table of a GGUF file, refusing what would exhaust memory or abort in candle's
-/// reader and any count the file declares beyond a sane limit or the tensors it holds.
-pub(crate) fn read_content(reader: &mut BufReader<File>, path: &Path) -> Result<Content> {
-    let size = reader
-        .seek(SeekFrom::End(0))
-        .map_err(|e| Error::io(path, e))?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(path, e))?;
-    // A header that cannot be walked is left to candle's reader, which says what is wrong with it.
-    if let Ok(Some(problem)) = walk_header(reader, size) {
-        return Err(Error::model(path, problem));
-    }
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(path, e))?;
-    let ct = Content::read(reader).map_err(|e| {
-        Error::model(
-            path,
-            format!("not a readable GGUF file (or it uses a tensor type candle cannot read): {e}"),
-        )
-    })?;
-    check_counts(&ct, size).map_err(|m| Error::model(path, m))?;
-    Ok(ct)
+/// The memory the header read so far takes, counted before each allocation it sizes.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderMemory {
+    used: u64,
 }
 
-/// The model's counts against [`LIMITS`] and the tensors present; every tensor's size against the file.
-fn check_counts(ct: &Content, file_size: u64) -> std::result::Result<(), String> {
-    let md = &ct.metadata;
-    for (name, info) in &ct.tensor_infos {
-        let dims = info.shape.dims();
-        if dims.contains(&0) {
-            // No model has an empty tensor, and candle reads one through a misaligned slice (undefined
-            // behaviour, caught by debug assertions: fuzzing finding 8).
-            return Err(format!(
-                "tensor `{name}` declares shape {dims:?}, which holds no elements: the file is damaged"
+impl HeaderMemory {
+    /// Counts `n` more bytes; an error naming `path` once the total is over [`MAX_HEADER_MEMORY`].
+    pub(crate) fn add(&mut self, n: u64, path: &Path) -> Result<()> {
+        self.used = self.used.saturating_add(n);
+        if self.used > MAX_HEADER_MEMORY {
+            return Err(Error::model(
+                path,
+                format!(
+                    "the metadata and tensor table would take more than {} MiB of memory once read (the header \
+                     reached {} MiB; real models take under 100 MiB): the file is damaged or hostile",
+                    MAX_HEADER_MEMORY >> 20,
+                    self.used >> 20
+                ),
             ));
         }
-        let elems = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
-        let block = info.ggml_dtype.block_size() as u64;
-        let bytes = elems.and_then(|n| (n / block).checked_mul(info.ggml_dtype.type_size() as u64));
-        let end = bytes.and_then(|b| {
-            ct.tensor_data_offset
-                .checked_add(info.offset)
-                .and_then(|s| s.checked_add(b))
-        });
-        if end.is_none_or(|e| e > file_size) {
-            return Err(format!(
-                "tensor `{name}` declares shape {dims:?} of {:?} at offset {}, which does not fit in the file \
-                 ({file_size} bytes): the file is damaged or truncated",
-                info.ggml_dtype, info.offset
-            ));
-        }
+        Ok(())
     }
+
+    /// Counts `n` items of `each` bytes.
+    pub(crate) fn add_items(&mut self, n: u64, each: u64, path: &Path) -> Result<()> {
+        self.add(n.saturating_mul(each), path)
+    }
+}
+
+/// Refuses a tensor whose shape holds no elements (no model has one) or more than a `u64` can count.
+pub(crate) fn check_shape(name: &str, dims: &[usize], path: &Path) -> Result<()> {
+    let problem = if dims.contains(&0) {
+        "which holds no elements: the file is damaged"
+    } else if dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .is_none()
+    {
+        "whose element count overflows: the file is damaged or not a model"
+    } else {
+        return Ok(());
+    };
+    Err(Error::model(
+        path,
+        format!("tensor `{name}` declares shape {dims:?}, {problem}"),
+    ))
+}
+
+/// The model's counts against [`LIMITS`] and against the tensors present, and the tokenizer's vocabulary
+/// against the embedding's rows.
+pub(crate) fn check_model(
+    md: &HashMap<String, Value>,
+    tensors: &HashMap<String, TensorInfo>,
+    path: &Path,
+) -> Result<()> {
+    check_counts(md, tensors).map_err(|m| Error::model(path, m))
+}
+
+fn check_counts(
+    md: &HashMap<String, Value>,
+    tensors: &HashMap<String, TensorInfo>,
+) -> std::result::Result<(), String> {
     let Some(arch) = md
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
@@ -109,8 +125,7 @@ fn check_counts(ct: &Content, file_size: u64) -> std::result::Result<(), String>
         }
     }
     if let Some(layers) = md_u64(md, &format!("{arch}.block_count")) {
-        let present = ct
-            .tensor_infos
+        let present = tensors
             .keys()
             .filter_map(|n| {
                 n.strip_prefix("blk.")?
@@ -119,9 +134,8 @@ fn check_counts(ct: &Content, file_size: u64) -> std::result::Result<(), String>
                     .parse::<u64>()
                     .ok()
             })
-            .collect::<std::collections::BTreeSet<u64>>();
-        let missing = (0..layers).find(|i| !present.contains(i));
-        if let Some(i) = missing {
+            .collect::<BTreeSet<u64>>();
+        if let Some(i) = (0..layers).find(|i| !present.contains(i)) {
             return Err(format!(
                 "metadata key `{arch}.block_count` is {layers}, but the file holds no tensors of block {i} \
                  (it has {} blocks): the file is damaged",
@@ -129,14 +143,10 @@ fn check_counts(ct: &Content, file_size: u64) -> std::result::Result<(), String>
             ));
         }
     }
-    if let Some(tokens) = md
-        .get("tokenizer.ggml.tokens")
-        .and_then(|v| v.to_vec().ok())
-    {
-        let rows = ct
-            .tensor_infos
+    if let Some(Value::Array(tokens)) = md.get("tokenizer.ggml.tokens") {
+        let rows = tensors
             .get("token_embd.weight")
-            .and_then(|i| i.shape.dims().first().copied());
+            .and_then(|t| t.dims.first().copied());
         let max = LIMITS
             .iter()
             .find(|(f, _)| *f == "vocab_size")
@@ -153,188 +163,6 @@ fn check_counts(ct: &Content, file_size: u64) -> std::result::Result<(), String>
         }
     }
     Ok(())
-}
-
-/// GGUF metadata value types (the GGUF specification's numbering).
-const GGUF_STRING: u32 = 8;
-const GGUF_ARRAY: u32 = 9;
-/// The bytes one metadata value takes once candle has read it (`gguf_file::Value`), besides a string's text.
-const VALUE_BYTES: u64 = 32;
-/// A map entry of the metadata or tensor table, besides its key and value.
-const ENTRY_BYTES: u64 = 64;
-
-/// Walks the header as candle's reader will read it: `Ok(Some(problem))` for a header candle would accept but
-/// must not read (too much memory, an alignment of 0), `Ok(None)` when fine or when the walk stops at something
-/// malformed (left to candle's reader, which reports it), `Err` on a short read.
-fn walk_header(r: &mut BufReader<File>, size: u64) -> std::io::Result<Option<String>> {
-    let magic = read_u32(r)?;
-    let version = read_u32(r)?;
-    if magic != 0x4655_4747 || !(1..=3).contains(&version) {
-        return Ok(None);
-    }
-    let wide = version >= 2;
-    let tensors = read_len(r, wide)?;
-    let kvs = read_len(r, wide)?;
-    if tensors > size || kvs > size {
-        return Ok(None); // candle refuses counts that cannot fit in the file
-    }
-    let mut memory = Memory {
-        used: kvs.saturating_add(tensors).saturating_mul(ENTRY_BYTES),
-    };
-    for _ in 0..kvs {
-        let key_len = read_len(r, wide)?;
-        if !memory.add(key_len) || key_len > size {
-            return Ok(memory.problem());
-        }
-        let mut key = vec![0u8; key_len as usize];
-        r.read_exact(&mut key)?;
-        let ty = read_u32(r)?;
-        if key == b"general.alignment" && matches!(ty, 0..=5) {
-            let at = r.stream_position()?;
-            if read_small_int(r, ty)? == 0 {
-                return Ok(Some(
-                    "metadata `general.alignment` is 0: the file is damaged (GGUF needs an alignment of at \
-                     least 1)"
-                        .into(),
-                ));
-            }
-            r.seek(SeekFrom::Start(at))?;
-        }
-        if !skip_value(r, ty, wide, size, 0, &mut memory)? {
-            return Ok(memory.problem());
-        }
-    }
-    for _ in 0..tensors {
-        let name_len = read_len(r, wide)?;
-        let dims = {
-            if !memory.add(name_len) || !seek_by(r, name_len, size)? {
-                return Ok(memory.problem());
-            }
-            read_u32(r)?
-        };
-        // dimensions, type, offset
-        let rest = u64::from(dims.min(8)) * if wide { 8 } else { 4 } + 4 + 8;
-        if !memory.add(u64::from(dims.min(8)) * 8) || !seek_by(r, rest, size)? {
-            return Ok(memory.problem());
-        }
-    }
-    Ok(None)
-}
-
-/// The memory candle's reader will allocate for the header walked so far.
-struct Memory {
-    used: u64,
-}
-
-impl Memory {
-    /// Adds `n` bytes; false once over [`MAX_HEADER_MEMORY`].
-    fn add(&mut self, n: u64) -> bool {
-        self.used = self.used.saturating_add(n);
-        self.used <= MAX_HEADER_MEMORY
-    }
-
-    fn problem(&self) -> Option<String> {
-        (self.used > MAX_HEADER_MEMORY).then(|| {
-            format!(
-                "the metadata and tensor table would take more than {} MiB of memory once read (the walk \
-                 reached {} MiB; real models take under 100 MiB): the file is damaged or hostile",
-                MAX_HEADER_MEMORY >> 20,
-                self.used >> 20
-            )
-        })
-    }
-}
-
-fn read_small_int(r: &mut impl Read, ty: u32) -> std::io::Result<u64> {
-    Ok(match ty {
-        0 => u64::from(read_n::<1>(r)?[0]),
-        1 => i8::from_le_bytes(read_n::<1>(r)?) as u64,
-        2 => u64::from(u16::from_le_bytes(read_n::<2>(r)?)),
-        3 => i16::from_le_bytes(read_n::<2>(r)?) as u64,
-        4 => u64::from(read_u32(r)?),
-        _ => i32::from_le_bytes(read_n::<4>(r)?) as u64,
-    })
-}
-
-/// Skips one metadata value, counting what candle will allocate for it; false when it cannot be walked (left
-/// to candle's reader) or the memory is over the limit.
-fn skip_value(
-    r: &mut BufReader<File>,
-    ty: u32,
-    wide: bool,
-    size: u64,
-    depth: u32,
-    memory: &mut Memory,
-) -> std::io::Result<bool> {
-    if !memory.add(VALUE_BYTES) {
-        return Ok(false);
-    }
-    let fixed = match ty {
-        0 | 1 | 7 => 1,
-        2..=3 => 2,
-        4..=6 => 4,
-        10..=12 => 8,
-        GGUF_STRING => {
-            let n = read_len(r, wide)?;
-            return Ok(memory.add(n) && seek_by(r, n, size)?);
-        }
-        GGUF_ARRAY if depth < 64 => {
-            let elem = read_u32(r)?;
-            let n = read_len(r, wide)?;
-            if n > size || !memory.add(n.saturating_mul(VALUE_BYTES)) {
-                return Ok(false);
-            }
-            let fixed = match elem {
-                0 | 1 | 7 => Some(1),
-                2..=3 => Some(2),
-                4..=6 => Some(4),
-                10..=12 => Some(8),
-                _ => None,
-            };
-            if let Some(width) = fixed {
-                return seek_by(r, n * width, size);
-            }
-            for _ in 0..n {
-                // The element's own 32 bytes are counted above.
-                memory.used -= VALUE_BYTES;
-                if !skip_value(r, elem, wide, size, depth + 1, memory)? {
-                    return Ok(false);
-                }
-            }
-            return Ok(true);
-        }
-        _ => return Ok(false),
-    };
-    seek_by(r, fixed, size)
-}
-
-fn seek_by(r: &mut BufReader<File>, n: u64, size: u64) -> std::io::Result<bool> {
-    let pos = r.stream_position()?;
-    match pos.checked_add(n) {
-        Some(end) if end <= size => {
-            r.seek_relative(n as i64)?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-fn read_n<const N: usize>(r: &mut impl Read) -> std::io::Result<[u8; N]> {
-    let mut b = [0u8; N];
-    r.read_exact(&mut b)?;
-    Ok(b)
-}
-
-fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
-    Ok(u32::from_le_bytes(read_n::<4>(r)?))
-}
-
-fn read_len(r: &mut impl Read, wide: bool) -> std::io::Result<u64> {
-    if wide {
-        Ok(u64::from_le_bytes(read_n::<8>(r)?))
-    } else {
-        Ok(u64::from(read_u32(r)?))
-    }
 }
 
 #[cfg(test)]

@@ -1,51 +1,71 @@
 //! Tests of the GGUF checks, with a tiny GGUF writer and the fuzz seeds.
 
+use std::fs::File;
+
 use super::*;
+use crate::gguf_file::GgufModel;
 use candle_core::quantized::gguf_file::{self, Value};
 
-fn file(md: &[(&str, &Value)], name: &str) -> (std::path::PathBuf, BufReader<File>) {
+/// GGUF's metadata value type of an array.
+const GGUF_ARRAY: u32 = 9;
+
+fn file(md: &[(&str, &Value)], name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("gguf-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     let mut f = File::create(&p).unwrap();
     gguf_file::write(&mut f, md, &[]).unwrap();
-    (p.clone(), BufReader::new(File::open(&p).unwrap()))
+    p
+}
+
+/// Reads the header as the loader does.
+fn read_content(p: &Path) -> Result<GgufModel> {
+    GgufModel::open(p)
 }
 
 #[test]
-fn a_zero_alignment_is_refused_before_candle_divides_by_it() {
+fn an_alignment_that_is_not_a_power_of_two_is_refused() {
     let arr = Value::Array(vec![Value::String("a b".into()), Value::String("c".into())]);
     let name = Value::String("x".into());
-    for (i, zero) in [Value::U8(0), Value::U16(0), Value::U32(0), Value::I32(0)]
-        .into_iter()
-        .enumerate()
+    // 0 (which a reader would divide by), not a power of two, negative, or not a 32-bit integer.
+    for (i, bad) in [
+        Value::U8(0),
+        Value::U16(0),
+        Value::U32(0),
+        Value::I32(0),
+        Value::U32(24),
+        Value::I32(-1),
+        Value::U64(0),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let (p, mut f) = file(
+        let p = file(
             &[
                 ("general.name", &name),
                 ("t", &arr),
-                ("general.alignment", &zero),
+                ("general.alignment", &bad),
             ],
-            &format!("zero{i}.gguf"),
+            &format!("bad{i}.gguf"),
         );
-        let err = read_content(&mut f, &p).unwrap_err();
+        let err = read_content(&p).err().unwrap();
         assert!(err.to_string().contains("general.alignment"), "{err}");
     }
-    for (i, fine) in [Value::U32(32), Value::U64(0), Value::I32(-1)]
+    for (i, fine) in [Value::U32(32), Value::U8(1), Value::I32(64)]
         .into_iter()
         .enumerate()
     {
-        let (p, mut f) = file(
+        let p = file(
             &[("t", &arr), ("general.alignment", &fine)],
             &format!("fine{i}.gguf"),
         );
-        read_content(&mut f, &p).unwrap();
+        read_content(&p).unwrap();
     }
 }
 
 #[test]
-fn a_header_that_would_exhaust_memory_is_refused_before_candle_reads_it() {
-    // 40 million one-byte elements: 40 MB on disk (a sparse file of zeros here), 1.3 GB as candle's values.
+fn a_header_that_would_exhaust_memory_is_refused_before_it_is_read() {
+    // 40 million one-byte elements: 40 MB on disk (a sparse file of zeros here), 1.3 GB as metadata values.
     let dir = std::env::temp_dir().join(format!("gguf-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("big.gguf");
@@ -66,16 +86,15 @@ fn a_header_that_would_exhaust_memory_is_refused_before_candle_reads_it() {
         .unwrap()
         .set_len(head.len() as u64 + 40_000_000)
         .unwrap();
-    let mut f = BufReader::new(File::open(&p).unwrap());
-    let err = read_content(&mut f, &p).unwrap_err().to_string();
+    let err = read_content(&p).err().unwrap().to_string();
     assert!(
         err.contains("more than 1024 MiB") && err.contains("big.gguf"),
         "{err}"
     );
     // Strings: each counts its text besides its value.
     let strings = Value::Array(vec![Value::String("x".repeat(100)); 1000]);
-    let (p, mut f) = file(&[("tokenizer.ggml.tokens", &strings)], "strings.gguf");
-    read_content(&mut f, &p).unwrap();
+    let p = file(&[("tokenizer.ggml.tokens", &strings)], "strings.gguf");
+    read_content(&p).unwrap();
 }
 
 #[test]
@@ -106,8 +125,8 @@ fn declared_counts_over_the_limits_or_the_tensors_name_the_key() {
         ),
     ] {
         let v = Value::U64(v);
-        let (p, mut f) = file(&[("general.architecture", &arch), (key, &v)], "counts.gguf");
-        let err = read_content(&mut f, &p).unwrap_err().to_string();
+        let p = file(&[("general.architecture", &arch), (key, &v)], "counts.gguf");
+        let err = read_content(&p).err().unwrap().to_string();
         assert!(err.contains(needle), "{err}");
     }
 }
@@ -165,8 +184,9 @@ pub(crate) fn tiny_gguf(blocks: u64) -> Vec<u8> {
 
 /// The inputs in `fuzz/seeds/gguf/` (each the 4-byte tag of the target's raw-bytes case, then a GGUF file),
 /// among them the fuzzer's findings: a `block_count` of 69879750394594115 (it aborted the process in
-/// `Vec::with_capacity`) and a tensor with a dimension of 0 (read by candle through a misaligned slice):
-/// each loads or fails with an error, and those two fail naming the key or the empty tensor.
+/// `Vec::with_capacity`), a tensor with a dimension of 0 (read by candle through a misaligned slice) and a
+/// tensor whose byte size overflows: each loads or fails with an error, and those three fail naming the key,
+/// the empty tensor or the overflow.
 #[test]
 fn the_gguf_fuzz_seeds_load_or_fail_cleanly() {
     let ok = std::env::temp_dir().join(format!("gguf-tiny-{}.gguf", std::process::id()));
@@ -191,11 +211,17 @@ fn the_gguf_fuzz_seeds_load_or_fail_cleanly() {
             let e = res.err().unwrap_or_else(|| panic!("{name} loaded"));
             assert!(e.to_string().contains("holds no elements"), "{name}: {e}");
             named += 1;
+        } else if name.starts_with("byte-size-overflow") {
+            // A shape whose element count fits in 64 bits but whose byte size does not (it overflowed in the
+            // size computation: a panic in the fuzz build, a wrong size without overflow checks).
+            let e = res.err().unwrap_or_else(|| panic!("{name} loaded"));
+            assert!(e.to_string().contains("overflow"), "{name}: {e}");
+            named += 1;
         }
     }
     assert!(
-        named >= 2,
-        "the count and empty-tensor seeds are missing from {}",
+        named >= 3,
+        "the count, empty-tensor or byte-size seeds are missing from {}",
         seeds.display()
     );
 }

@@ -14,8 +14,8 @@ use std::path::Path;
 
 pub(crate) use candle_core::quantized::gguf_file::Value;
 
-use crate::atomic_file::AtomicFile;
 use crate::error::{Error, Result};
+use crate::io::AtomicFile;
 use crate::quant::QuantType;
 
 /// The alignment when the metadata sets none (`GGUF_DEFAULT_ALIGNMENT`).

@@ -22,8 +22,9 @@
 //!   `checkpoint-policy` carried out by a checkpoint store, live control, the training log of `plot-report`
 //!   and exact resume; it reports to an observer and stops on an interrupter.
 //!
-//! All tensors are f32. On CPU the decoder uses fused kernels with hand-written backward passes (see
-//! [`Model::set_fused_kernels`]); the `cuda` feature enables candle's CUDA backend.
+//! On the CPU, training, evaluation, logits and perplexity run on the CPU engine (a hand-written forward and
+//! backward pass on plain buffers, reading the frozen weights in the form they are stored in); the `cuda` feature
+//! enables candle's CUDA backend, where training goes through candle's autograd ([`Backend`]).
 //!
 //! # Example
 //!
@@ -61,7 +62,7 @@
 //! ```
 
 mod adapter;
-mod atomic_file;
+mod autograd;
 mod config;
 pub mod dataset;
 mod decoder;
@@ -69,39 +70,47 @@ mod dropout;
 mod engine;
 mod error;
 mod evaluate;
-mod fused;
-mod fused_attention;
+mod ggml_type;
 mod gguf;
+mod gguf_file;
 mod gguf_limits;
 mod gguf_lora;
 mod gguf_write;
 mod hf;
 mod io;
 pub mod job;
+mod load;
 mod lora;
 mod loss;
+mod matrix;
+pub mod memory;
 mod model;
 mod ops;
 mod optim;
 mod quant;
 mod rng;
+mod safetensors_file;
 mod split_patterns;
 pub mod synthetic;
-#[cfg(test)]
-mod test_util;
 mod tokenizer;
 mod train;
+mod train_state;
 
 pub use adapter::{Adapter, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use evaluate::{evaluate, EvalStats};
 pub use gguf_lora::{GgufBase, ADAPTER_GGUF_FILE};
+pub use load::{BaseWeights, LoadOptions};
 pub use model::Model;
 pub use optim::AdamWParams;
 pub use tokenizer::SpecialTokens;
-pub use train::{Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
+pub use train::{Backend, Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
 
 /// Not part of the API: hooks for the crate's benchmark examples.
 #[doc(hidden)]
 pub use quant::bench as __quant_bench;
+
+/// Not part of the API: timing hooks of the engine's products for the crate's benchmark examples.
+#[doc(hidden)]
+pub use engine::bench as __engine_bench;

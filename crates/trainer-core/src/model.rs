@@ -8,8 +8,11 @@ use tokenizers::Tokenizer;
 use crate::adapter::Adapter;
 use crate::config::ModelConfig;
 use crate::decoder::{ids_tensor, nll_rows, Decoder, Weights};
+use crate::engine::{self, AdapterPins, Extras, Net, Pins, Workspace};
 use crate::error::{Error, Result};
+use crate::load::LoadOptions;
 use crate::lora::MODULES;
+use crate::matrix::Matrix;
 use crate::tokenizer::SpecialTokens;
 use crate::{gguf, hf, io, tokenizer};
 
@@ -32,18 +35,31 @@ pub struct Model {
     chat_template: Option<String>,
     source: PathBuf,
     device: Device,
-    fused: bool,
-    engine: bool,
 }
 
 impl Model {
-    /// Loads a model from a `.gguf` file (dequantized to f32, q/k un-permuted) or a Hugging Face model directory
-    /// (`config.json`, `model.safetensors` or a sharded index, `tokenizer.json`). Local files only.
+    /// Loads a model from a `.gguf` file (or the first part of a split one, `NAME-00001-of-0000N.gguf`) or a
+    /// Hugging Face model directory (`config.json`, `model.safetensors` or a sharded index, `tokenizer.json`), with
+    /// the default [`LoadOptions`]: the frozen weights kept as stored. Local files only.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(path, device, &LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options: keep the frozen weights as stored (the default; the CPU engine multiplies
+    /// from them) or expand them to f32, and the memory limit to check the weights against before reading them.
+    /// Weights kept as stored need the CPU: on another device only `base_weights = f32` loads.
+    pub fn load_with(path: &Path, device: &Device, options: &LoadOptions) -> Result<Self> {
+        if options.keep() && !device.is_cpu() {
+            return Err(Error::model(
+                path,
+                "base_weights = keep needs the CPU (the engine that multiplies from stored weights is CPU-only); \
+                 load on the CPU, or use base_weights = f32 on this device",
+            ));
+        }
         let parts = if path.is_dir() {
-            hf::load(path, device)?
+            hf::load(path, device, options)?
         } else if path.is_file() {
-            gguf::load(path, device)?
+            gguf::load(path, device, options)?
         } else {
             return Err(Error::model(
                 path,
@@ -58,8 +74,6 @@ impl Model {
             chat_template: parts.chat_template,
             source: path.to_path_buf(),
             device: device.clone(),
-            fused: true,
-            engine: true,
         })
     }
 
@@ -75,28 +89,7 @@ impl Model {
             chat_template: None,
             source: PathBuf::from("<random>"),
             device: device.clone(),
-            fused: true,
-            engine: true,
         })
-    }
-
-    /// Chooses, for training, between the fused CPU kernels with hand-written backward (the default; faster) and
-    /// the ops composed from candle primitives (the reference they are tested against). Inference
-    /// ([`Model::logits`], [`Model::perplexity`]) and CUDA always use the composed ops.
-    pub fn set_fused_kernels(&mut self, on: bool) {
-        self.fused = on;
-    }
-
-    /// Chooses, for training on the CPU with the fused kernels, between the hand-written whole-model forward and
-    /// backward pass (the default; fastest) and candle's autograd over the fused ops (what the engine is tested
-    /// against). A trained `lm_head` or `embed_tokens` copy always goes through candle's autograd.
-    pub fn set_training_engine(&mut self, on: bool) {
-        self.engine = on;
-    }
-
-    /// Whether training may use the engine (see [`Model::set_training_engine`]).
-    pub(crate) fn engine_enabled(&self) -> bool {
-        self.engine && self.fused && self.device.is_cpu()
     }
 
     /// The hyper-parameters.
@@ -124,6 +117,35 @@ impl Model {
         &self.source
     }
 
+    /// Bytes the loaded weights occupy in memory (frozen matrices as stored, norms and biases as f32).
+    pub fn resident_bytes(&self) -> u64 {
+        let w = &self.weights;
+        let t = |t: &Tensor| (t.elem_count() * 4) as u64;
+        let m = |m: &Matrix| m.resident_bytes() as u64;
+        let mut sum = m(&w.embed) + t(&w.norm) + w.lm_head.as_ref().map_or(0, m);
+        for l in &w.layers {
+            sum += t(&l.input_norm) + t(&l.post_norm) + l.linears.iter().map(m).sum::<u64>();
+            sum += l.qkv_bias.iter().flatten().map(t).sum::<u64>();
+        }
+        sum
+    }
+
+    /// How many frozen matrices are stored in each type (`Q4_1`, `F32`, ...), sorted by type name.
+    pub fn weight_types(&self) -> Vec<(String, usize)> {
+        let w = &self.weights;
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        let all = std::iter::once(&w.embed)
+            .chain(w.lm_head.as_ref())
+            .chain(w.layers.iter().flat_map(|l| l.linears.iter()));
+        for m in all {
+            *counts.entry(m.type_name()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -134,23 +156,28 @@ impl Model {
         MODULES.iter().map(|m| m.to_string()).collect()
     }
 
-    /// The decoder for training (fused kernels when enabled and on CPU).
+    /// The candle decoder over the weights (the autograd path; inference on devices other than the CPU).
     pub(crate) fn decoder(&self) -> Decoder<'_> {
         Decoder {
             cfg: &self.config,
             w: &self.weights,
-            fused: self.device.is_cpu() && self.fused,
         }
     }
 
-    /// The decoder for inference: always the composed ops. The fused kernels only speed up backward, and the
-    /// composed forward is a little closer to PyTorch's rounding.
-    fn inference_decoder(&self) -> Decoder<'_> {
-        Decoder {
-            cfg: &self.config,
-            w: &self.weights,
-            fused: false,
-        }
+    /// Runs `f` on the engine's view of the weights with `adapter` applied.
+    pub(crate) fn with_net<R>(
+        &self,
+        adapter: Option<&Adapter>,
+        f: impl FnOnce(&Net) -> Result<R>,
+    ) -> Result<R> {
+        let pins = Pins::new(&self.weights)?;
+        let adapter_pins = adapter.map(|a| AdapterPins::new(a.weights())).transpose()?;
+        let extras = match &adapter_pins {
+            Some(p) => p.extras(),
+            None => Extras::none(),
+        };
+        let net = Net::new(&self.config, &pins, extras)?;
+        f(&net)
     }
 
     pub(crate) fn check_ids(&self, ids: &[u32], field: &str) -> Result<()> {
@@ -179,28 +206,56 @@ impl Model {
         if let Some(a) = adapter {
             a.check_fits(self)?;
         }
+        if self.device.is_cpu() {
+            let v = self.with_net(adapter, |net| {
+                Ok(engine::logits(net, ids, &mut Workspace::default())?)
+            })?;
+            return Ok(Tensor::from_vec(
+                v,
+                (ids.len(), self.config.vocab_size),
+                &self.device,
+            )?);
+        }
         let lora = adapter.map(Adapter::weights);
-        let d = self.inference_decoder();
+        let d = self.decoder();
         let h = d
             .hidden(&ids_tensor(ids, &self.device)?, lora, None)?
             .squeeze(0)?;
-        Ok(h.matmul(&d.head(lora).t()?)?)
+        Ok(h.matmul(&d.head(lora, &self.device)?.t()?)?)
     }
 
     /// Mean next-token negative log-likelihood of `targets[i]` given `ids[..=i]`, for the positions where `mask` is
     /// true. `ids`, `targets` and `mask` have the same length.
     fn masked_nll(
         &self,
-        lora: Option<&crate::lora::LoraWeights>,
+        adapter: Option<&Adapter>,
         ids: &[u32],
         targets: &[u32],
         mask: &[bool],
     ) -> Result<f64> {
-        let d = self.inference_decoder();
+        if self.device.is_cpu() {
+            let (rows, tg): (Vec<u32>, Vec<u32>) = (0..ids.len())
+                .filter(|&i| mask[i])
+                .map(|i| (i as u32, targets[i]))
+                .unzip();
+            let sum = self.with_net(adapter, |net| {
+                let mut ws = Workspace::default();
+                Ok(engine::nll_sum(
+                    net,
+                    (ids, 1, ids.len()),
+                    &rows,
+                    &tg,
+                    &mut ws,
+                )?)
+            })?;
+            return Ok(sum / rows.len().max(1) as f64);
+        }
+        let lora = adapter.map(Adapter::weights);
+        let d = self.decoder();
         let h = d
             .hidden(&ids_tensor(ids, &self.device)?, lora, None)?
             .squeeze(0)?;
-        let logits = h.matmul(&d.head(lora).t()?)?;
+        let logits = h.matmul(&d.head(lora, &self.device)?.t()?)?;
         let nll = nll_rows(&logits, &Tensor::new(targets, &self.device)?)?.to_vec1::<f32>()?;
         let (sum, n) = nll
             .iter()
@@ -238,7 +293,6 @@ impl Model {
         if max_len < 2 {
             return Err(Error::input("max_length", "must be at least 2"));
         }
-        let lora = adapter.map(Adapter::weights);
         let n = ids.len();
         let mut nlls = Vec::new();
         let mut prev_end = 0;
@@ -252,7 +306,7 @@ impl Model {
             if len >= 2 {
                 let mask: Vec<bool> = (1..len).map(|j| j >= len - trg.min(len)).collect();
                 if mask.iter().any(|m| *m) {
-                    nlls.push(self.masked_nll(lora, &window[..len - 1], &window[1..], &mask)?);
+                    nlls.push(self.masked_nll(adapter, &window[..len - 1], &window[1..], &mask)?);
                 }
             }
             prev_end = end;
@@ -274,14 +328,14 @@ impl Model {
         for (l, mods) in lw.layers.iter().enumerate() {
             for (m, pair) in mods.iter().enumerate() {
                 if let Some(p) = pair {
-                    let w = &out.weights.layers[l].linears[m];
+                    let w = out.weights.layers[l].linears[m].to_tensor(&self.device)?;
                     let merged = (w + (p.b.matmul(&p.a)? * lw.scale)?)?;
-                    out.weights.layers[l].linears[m] = merged;
+                    out.weights.layers[l].linears[m] = Matrix::dense(merged)?;
                 }
             }
         }
         if let Some(h) = &lw.lm_head {
-            out.weights.lm_head = Some(h.clone());
+            out.weights.lm_head = Some(Matrix::dense(h.clone())?);
             out.config.tie_word_embeddings = false;
         }
         if let Some(e) = &lw.embed_tokens {
@@ -290,7 +344,7 @@ impl Model {
                 out.weights.lm_head = Some(self.weights.embed.clone());
                 out.config.tie_word_embeddings = false;
             }
-            out.weights.embed = e.clone();
+            out.weights.embed = Matrix::dense(e.clone())?;
         }
         Ok(out)
     }
@@ -308,7 +362,7 @@ impl Model {
         io::ensure_dir(dir)?;
         io::save_safetensors(
             &dir.join("model.safetensors"),
-            &hf::named_weights(&self.weights),
+            &hf::named_weights(&self.weights, &self.device)?,
         )?;
         let cfg = self.config.to_hf_json(self.special.bos, self.special.eos);
         io::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
@@ -373,13 +427,13 @@ fn random_parts(config: ModelConfig, seed: u64, device: &Device) -> Result<Parts
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for _ in 0..c.num_hidden_layers {
         let linears = [
-            lin(q, h, &mut mat)?,
-            lin(kv, h, &mut mat)?,
-            lin(kv, h, &mut mat)?,
-            lin(h, q, &mut mat)?,
-            lin(i, h, &mut mat)?,
-            lin(i, h, &mut mat)?,
-            lin(h, i, &mut mat)?,
+            Matrix::dense(lin(q, h, &mut mat)?)?,
+            Matrix::dense(lin(kv, h, &mut mat)?)?,
+            Matrix::dense(lin(kv, h, &mut mat)?)?,
+            Matrix::dense(lin(h, q, &mut mat)?)?,
+            Matrix::dense(lin(i, h, &mut mat)?)?,
+            Matrix::dense(lin(i, h, &mut mat)?)?,
+            Matrix::dense(lin(h, i, &mut mat)?)?,
         ];
         let qkv_bias = if c.attention_bias {
             Some([
@@ -397,11 +451,15 @@ fn random_parts(config: ModelConfig, seed: u64, device: &Device) -> Result<Parts
             post_norm: (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?,
         });
     }
-    let embed = mat(c.vocab_size, h, 1.0)?;
+    let embed = Matrix::dense(mat(c.vocab_size, h, 1.0)?)?;
     let lm_head = if c.tie_word_embeddings {
         None
     } else {
-        Some(mat(c.vocab_size, h, 1.0 / (h as f32).sqrt())?)
+        Some(Matrix::dense(mat(
+            c.vocab_size,
+            h,
+            1.0 / (h as f32).sqrt(),
+        )?)?)
     };
     let weights = Weights {
         embed,

@@ -1,6 +1,7 @@
 //! Differentiable building blocks composed from candle primitives (every op here has a backward).
 //!
-//! These are the correctness oracle; `fused.rs` has faster versions with hand-written backward.
+//! These are the autograd path (used on CUDA) and the correctness oracle of the CPU engine (`engine/`), which has
+//! the hand-written backward.
 
 use candle_core::{Result, Tensor, D};
 

@@ -48,7 +48,16 @@ impl Rng {
 
     /// `n` values uniform in `[lo, hi)`.
     pub(crate) fn uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| lo + (hi - lo) * self.next_f32()).collect()
+        let mut v = vec![0f32; n];
+        self.fill_uniform(&mut v, lo, hi);
+        v
+    }
+
+    /// Fills `out` with values uniform in `[lo, hi)` (the same draws as [`Rng::uniform`]).
+    pub(crate) fn fill_uniform(&mut self, out: &mut [f32], lo: f32, hi: f32) {
+        for v in out {
+            *v = lo + (hi - lo) * self.next_f32();
+        }
     }
 }
 

@@ -2,20 +2,18 @@
 //! LoRA dropout) with exact save/resume.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use lora_targets::LoraSettings;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
+use crate::autograd::{self, Slot};
 use crate::decoder::Noise;
-use crate::engine;
+use crate::engine::{self, Extras, Net, PairRef, Pins, Workspace};
 use crate::error::{Error, Result};
-use crate::io;
 use crate::lora::{LoraPair, LoraWeights};
-use crate::loss;
 use crate::model::Model;
 use crate::optim::{AdamWParams, Moments};
 use crate::rng::Rng;
@@ -60,6 +58,23 @@ pub struct TrainConfig {
     /// layer's graph instead of all of them, for one extra forward pass.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Which implementation computes the gradients.
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+/// Which implementation computes the forward and backward passes of training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The CPU engine for a model on the CPU, candle's autograd for a model on a GPU.
+    #[default]
+    Auto,
+    /// The CPU engine (hand-written forward and backward on plain buffers; any stored weight type). CPU only.
+    Engine,
+    /// candle's autograd over the composed decoder ops: the GPU path, and the reference the engine is tested
+    /// against (slow and memory-hungry on the CPU).
+    Autograd,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +86,7 @@ impl Default for TrainConfig {
             neftune_alpha: None,
             pad_id: 0,
             gradient_checkpointing: false,
+            backend: Backend::Auto,
         }
     }
 }
@@ -101,45 +117,27 @@ pub enum Control {
     Stop,
 }
 
-/// One trainable tensor: a LoRA factor or a modules_to_save copy, with its PEFT key and AdamW moments.
-struct Param {
-    key: String,
-    var: Var,
-    moments: Moments,
-}
-
-/// Where each LoRA factor lives in `params`.
-enum Slot {
-    Pair {
-        layer: usize,
-        module: usize,
-        a: usize,
-        b: usize,
-    },
-    LmHead(usize),
-    Embed(usize),
+/// One trainable tensor: a LoRA factor or a modules_to_save copy, with its PEFT key, values and AdamW moments.
+pub(crate) struct Param {
+    pub(crate) key: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) value: Vec<f32>,
+    pub(crate) moments: Moments,
 }
 
 /// A LoRA trainer over a borrowed [`Model`].
 pub struct Trainer<'m> {
-    model: &'m Model,
-    settings: LoraSettings,
-    config: TrainConfig,
-    params: Vec<Param>,
+    pub(crate) model: &'m Model,
+    pub(crate) settings: LoraSettings,
+    pub(crate) config: TrainConfig,
+    pub(crate) params: Vec<Param>,
     slots: Vec<Slot>,
-    rng: Rng,
-    step: u64,
-}
-
-const STATE_FILE: &str = "trainer_state.json";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-
-#[derive(Serialize, Deserialize)]
-struct SavedState {
-    format: u32,
-    step: u64,
-    rng: [u64; 4],
-    config: TrainConfig,
+    pub(crate) rng: Rng,
+    pub(crate) step: u64,
+    /// One gradient buffer per parameter, summed over the micro-batches of a step.
+    grads: Vec<Vec<f32>>,
+    /// The engine's activation and gradient buffers, kept between steps.
+    workspace: Workspace,
 }
 
 impl<'m> Trainer<'m> {
@@ -152,16 +150,17 @@ impl<'m> Trainer<'m> {
     /// A trainer that starts from an existing adapter (its settings, including dropout, are used).
     pub fn from_adapter(model: &'m Model, adapter: &Adapter, config: TrainConfig) -> Result<Self> {
         adapter.check_fits(model)?;
+        backend_for(model, config.backend)?;
         let w = adapter.weights();
         let mut params = Vec::new();
         let mut slots = Vec::new();
-        let named = adapter.named_tensors();
         let mut push = |key: String, t: &Tensor| -> Result<usize> {
-            let var = Var::from_tensor(&t.to_dtype(DType::F32)?.copy()?)?;
+            let value = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             params.push(Param {
-                moments: Moments::zeros(t.elem_count()),
+                moments: Moments::zeros(value.len()),
+                shape: t.dims().to_vec(),
                 key,
-                var,
+                value,
             });
             Ok(params.len() - 1)
         };
@@ -186,13 +185,14 @@ impl<'m> Trainer<'m> {
                 }
             }
         }
-        for (key, t) in &named {
+        for (key, t) in &adapter.named_tensors() {
             if key.ends_with("lm_head.weight") {
                 slots.push(Slot::LmHead(push(key.clone(), t)?));
             } else if key.ends_with("embed_tokens.weight") {
                 slots.push(Slot::Embed(push(key.clone(), t)?));
             }
         }
+        let grads = params.iter().map(|p| vec![0f32; p.value.len()]).collect();
         Ok(Self {
             model,
             settings: adapter.settings().clone(),
@@ -201,6 +201,8 @@ impl<'m> Trainer<'m> {
             params,
             slots,
             step: 0,
+            grads,
+            workspace: Workspace::default(),
         })
     }
 
@@ -221,14 +223,27 @@ impl<'m> Trainer<'m> {
 
     /// Number of trainable scalars.
     pub fn trainable_parameters(&self) -> usize {
-        self.params.iter().map(|p| p.var.elem_count()).sum()
+        self.params.iter().map(|p| p.value.len()).sum()
     }
 
-    fn lora_weights(&self) -> LoraWeights {
-        let layers = self.model.config.num_hidden_layers;
-        let mut out = LoraWeights {
+    /// Bytes held by the engine's activation and gradient buffers (they grow to the largest micro-batch seen and
+    /// are then reused).
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.bytes()
+    }
+
+    /// The current adapter (a copy, safe to save or evaluate while training goes on).
+    pub fn adapter(&self) -> Result<Adapter> {
+        let dev = self.model.device();
+        let t = |i: usize| -> Result<Tensor> {
+            let p = &self.params[i];
+            Ok(Tensor::from_slice(&p.value, p.shape.as_slice(), dev)?)
+        };
+        let mut w = LoraWeights {
             scale: self.settings.scaling(),
-            layers: (0..layers).map(|_| Default::default()).collect(),
+            layers: (0..self.model.config.num_hidden_layers)
+                .map(|_| Default::default())
+                .collect(),
             lm_head: None,
             embed_tokens: None,
         };
@@ -239,31 +254,11 @@ impl<'m> Trainer<'m> {
                     module,
                     a,
                     b,
-                } => {
-                    out.layers[layer][module] = Some(LoraPair {
-                        a: self.params[a].var.as_tensor().clone(),
-                        b: self.params[b].var.as_tensor().clone(),
-                    });
-                }
-                Slot::LmHead(i) => out.lm_head = Some(self.params[i].var.as_tensor().clone()),
-                Slot::Embed(i) => out.embed_tokens = Some(self.params[i].var.as_tensor().clone()),
+                } => w.layers[layer][module] = Some(LoraPair { a: t(a)?, b: t(b)? }),
+                Slot::LmHead(i) => w.lm_head = Some(t(i)?),
+                Slot::Embed(i) => w.embed_tokens = Some(t(i)?),
             }
         }
-        out
-    }
-
-    /// The current adapter (a detached copy, safe to save or evaluate while training goes on).
-    pub fn adapter(&self) -> Result<Adapter> {
-        let mut w = self.lora_weights();
-        let copy = |t: &Tensor| t.detach().copy();
-        for mods in &mut w.layers {
-            for p in mods.iter_mut().flatten() {
-                p.a = copy(&p.a)?;
-                p.b = copy(&p.b)?;
-            }
-        }
-        w.lm_head = w.lm_head.as_ref().map(copy).transpose()?;
-        w.embed_tokens = w.embed_tokens.as_ref().map(copy).transpose()?;
         Ok(Adapter::from_parts(self.settings.clone(), w, self.model))
     }
 
@@ -327,7 +322,7 @@ impl<'m> Trainer<'m> {
             ));
         }
         let saved_rng = self.rng.clone();
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        self.grads.iter_mut().for_each(|g| g.fill(0.0));
         let mut loss_sum = 0f64;
         let mut padded = 0usize;
         for mb in micro_batches {
@@ -335,7 +330,7 @@ impl<'m> Trainer<'m> {
                 self.rng = saved_rng;
                 return Err(Error::Cancelled);
             }
-            let (l, p) = self.accumulate(mb, total, &mut grads)?;
+            let (l, p) = self.accumulate(mb, total)?;
             loss_sum += l;
             padded += p;
         }
@@ -343,17 +338,8 @@ impl<'m> Trainer<'m> {
             self.rng = saved_rng;
             return Err(Error::Cancelled);
         }
-        let mut flat: Vec<Vec<f32>> = Vec::with_capacity(grads.len());
-        for (p, g) in self.params.iter().zip(grads) {
-            let g = g.ok_or_else(|| {
-                Error::tensor(
-                    &p.key,
-                    "received no gradient: the graph is cut between it and the loss (a bug)",
-                )
-            })?;
-            flat.push(g.flatten_all()?.to_vec1::<f32>()?);
-        }
-        let norm = flat
+        let norm = self
+            .grads
             .iter()
             .flatten()
             .map(|v| f64::from(*v) * f64::from(*v))
@@ -363,16 +349,13 @@ impl<'m> Trainer<'m> {
             // torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), applied only when < 1.
             let coef = (max / (norm + 1e-6)) as f32;
             if coef < 1.0 {
-                flat.iter_mut().flatten().for_each(|v| *v *= coef);
+                self.grads.iter_mut().flatten().for_each(|v| *v *= coef);
             }
         }
         self.step += 1;
-        for (p, g) in self.params.iter_mut().zip(&flat) {
-            let shape = p.var.shape().clone();
-            let mut data = p.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        for (p, g) in self.params.iter_mut().zip(&self.grads) {
             p.moments
-                .update(&mut data, g, lr, self.step, &self.config.adamw);
-            p.var.set(&Tensor::from_vec(data, shape, p.var.device())?)?;
+                .update(&mut p.value, g, lr, self.step, &self.config.adamw);
         }
         Ok(StepStats {
             step: self.step,
@@ -384,15 +367,9 @@ impl<'m> Trainer<'m> {
         })
     }
 
-    /// Forward + backward of one micro-batch; adds `d(sum_nll / total)/dθ` into `grads`. Returns (sum of NLL,
-    /// padded token count).
-    fn accumulate(
-        &mut self,
-        mb: &[Sample],
-        total: usize,
-        grads: &mut [Option<Tensor>],
-    ) -> Result<(f64, usize)> {
-        let dev = self.model.device().clone();
+    /// Forward + backward of one micro-batch; adds `d(sum_nll / total)/dθ` into the gradient buffers. Returns
+    /// (sum of NLL, padded token count).
+    fn accumulate(&mut self, mb: &[Sample], total: usize) -> Result<(f64, usize)> {
         let t = mb.iter().map(|s| s.input_ids.len()).max().unwrap_or(0);
         let b = mb.len();
         let mut ids = Vec::with_capacity(b * t);
@@ -416,194 +393,65 @@ impl<'m> Trainer<'m> {
         if rows.is_empty() {
             return Ok((0.0, b * t));
         }
-        let lw = self.lora_weights();
-        let ids = Tensor::from_vec(ids, (b, t), &dev)?;
-        if self.model.engine_enabled() && engine::supports(&self.model.decoder(), &lw) {
-            let nll = self.accumulate_engine(&ids, &rows, &targets, total, &lw, grads)?;
-            return Ok((nll, b * t));
-        }
-        let rows = Tensor::new(rows.as_slice(), &dev)?;
-        let targets = Tensor::new(targets.as_slice(), &dev)?;
-        let nll_sum = if self.config.gradient_checkpointing {
-            self.backward_checkpointed(&ids, &rows, &targets, &lw, total, grads)?
-        } else {
-            let mut noise = Noise {
-                rng: &mut self.rng,
-                lora_dropout: self.settings.dropout,
-                neftune_alpha: self.config.neftune_alpha,
-            };
-            let d = self.model.decoder();
-            let h = d.hidden(&ids, Some(&lw), Some(&mut noise))?;
-            let hidden = self.model.config.hidden_size;
-            let h = h.reshape((b * t, hidden))?.index_select(&rows, 0)?;
-            let nll_sum = loss::nll_sum(&h, d.head(Some(&lw)), &targets, d.fused)?;
-            let store = (&nll_sum / total as f64)?.backward()?;
-            collect(&self.params, &store, grads)?;
-            nll_sum
-        };
-        Ok((f64::from(nll_sum.to_scalar::<f32>()?), b * t))
-    }
-
-    /// [`Self::accumulate`] through the CPU engine (`engine.rs`).
-    fn accumulate_engine(
-        &mut self,
-        ids: &Tensor,
-        rows: &[u32],
-        targets: &[u32],
-        total: usize,
-        lw: &LoraWeights,
-        grads: &mut [Option<Tensor>],
-    ) -> Result<f64> {
-        let mut pairs = Vec::new();
-        for slot in &self.slots {
-            if let Slot::Pair {
-                layer,
-                module,
-                a,
-                b,
-            } = *slot
-            {
-                pairs.push(engine::PairParams {
-                    layer,
-                    module,
-                    a: self.params[a]
-                        .var
-                        .as_tensor()
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
-                    b: self.params[b]
-                        .var
-                        .as_tensor()
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
-                    grad_a: a,
-                    grad_b: b,
-                });
-            }
-        }
-        let mut flat: Vec<Vec<f32>> = self
-            .params
-            .iter()
-            .map(|p| vec![0f32; p.var.elem_count()])
-            .collect();
         let mut noise = Noise {
             rng: &mut self.rng,
             lora_dropout: self.settings.dropout,
             neftune_alpha: self.config.neftune_alpha,
         };
-        let batch = engine::Batch {
-            ids,
-            rows,
-            targets,
-            total,
+        let nll = match backend_for(self.model, self.config.backend)? {
+            Backend::Autograd => {
+                let params: Vec<(&[f32], &[usize])> = self
+                    .params
+                    .iter()
+                    .map(|p| (p.value.as_slice(), p.shape.as_slice()))
+                    .collect();
+                let st = autograd::State {
+                    model: self.model,
+                    scale: self.settings.scaling(),
+                    slots: &self.slots,
+                    params: &params,
+                    rng: noise.rng,
+                    lora_dropout: noise.lora_dropout,
+                    neftune_alpha: noise.neftune_alpha,
+                };
+                let mbt = autograd::MicroBatch {
+                    ids: &ids,
+                    b,
+                    t,
+                    rows: &rows,
+                    targets: &targets,
+                    total,
+                };
+                autograd::micro_batch(
+                    st,
+                    &mbt,
+                    self.config.gradient_checkpointing,
+                    &mut self.grads,
+                )?
+            }
+            _ => {
+                let pins = Pins::new(&self.model.weights)?;
+                let extras = extras(&self.params, &self.slots, self.settings.scaling());
+                let net = Net::new(&self.model.config, &pins, extras)?;
+                let batch = engine::Batch {
+                    ids: &ids,
+                    b,
+                    t,
+                    rows: &rows,
+                    targets: &targets,
+                    total,
+                };
+                engine::micro_batch(
+                    &net,
+                    &batch,
+                    &mut noise,
+                    self.config.gradient_checkpointing,
+                    &mut self.grads,
+                    &mut self.workspace,
+                )?
+            }
         };
-        let nll = engine::micro_batch(
-            &self.model.decoder(),
-            lw,
-            &pairs,
-            &batch,
-            &mut noise,
-            self.config.gradient_checkpointing,
-            &mut flat,
-        )?;
-        for ((p, slot), g) in self.params.iter().zip(grads.iter_mut()).zip(flat) {
-            let g = Tensor::from_vec(g, p.var.shape(), p.var.device())?;
-            *slot = Some(match slot.take() {
-                Some(acc) => (acc + g)?,
-                None => g,
-            });
-        }
-        Ok(nll)
-    }
-
-    /// Forward layer by layer keeping only each layer's input, then backward layer by layer, recomputing each
-    /// layer's graph (gradient checkpointing). Dropout masks are reproduced by replaying the RNG state.
-    fn backward_checkpointed(
-        &mut self,
-        ids: &Tensor,
-        rows: &Tensor,
-        targets: &Tensor,
-        lw: &LoraWeights,
-        total: usize,
-        grads: &mut [Option<Tensor>],
-    ) -> Result<Tensor> {
-        let d = self.model.decoder();
-        let (b, t) = ids.dims2()?;
-        let hidden = self.model.config.hidden_size;
-        let (dropout, neftune) = (self.settings.dropout, self.config.neftune_alpha);
-        let tables = d.tables(t, ids.device())?;
-        let x0 = d.embed(
-            ids,
-            Some(lw),
-            Some(&mut Noise {
-                rng: &mut self.rng,
-                lora_dropout: dropout,
-                neftune_alpha: neftune,
-            }),
-        )?;
-        let layers = self.model.config.num_hidden_layers;
-        let mut inputs = Vec::with_capacity(layers);
-        let mut states = Vec::with_capacity(layers);
-        let mut x = x0.detach();
-        for li in 0..layers {
-            inputs.push(x.clone());
-            states.push(self.rng.clone());
-            let mut noise = Noise {
-                rng: &mut self.rng,
-                lora_dropout: dropout,
-                neftune_alpha: neftune,
-            };
-            x = d
-                .layer(li, &x, &tables, Some(lw), &mut Some(&mut noise))?
-                .detach();
-        }
-        let after = self.rng.clone();
-        let top = Var::from_tensor(&x)?;
-        let h = d
-            .final_norm(top.as_tensor())?
-            .reshape((b * t, hidden))?
-            .index_select(rows, 0)?;
-        let nll_sum = loss::nll_sum(&h, d.head(Some(lw)), targets, d.fused)?;
-        let store = (&nll_sum / total as f64)?.backward()?;
-        collect(&self.params, &store, grads)?;
-        let mut g = store.get(top.as_tensor()).cloned().ok_or_else(|| {
-            Error::tensor(
-                "hidden states",
-                "no gradient reached the last layer (a bug)",
-            )
-        })?;
-        drop(store);
-        for li in (0..layers).rev() {
-            let xin = Var::from_tensor(&inputs[li])?;
-            self.rng = states[li].clone();
-            let mut noise = Noise {
-                rng: &mut self.rng,
-                lora_dropout: dropout,
-                neftune_alpha: neftune,
-            };
-            let out = d.layer(
-                li,
-                xin.as_tensor(),
-                &tables,
-                Some(lw),
-                &mut Some(&mut noise),
-            )?;
-            let store = (out * &g)?.sum_all()?.backward()?;
-            collect(&self.params, &store, grads)?;
-            g = store.get(xin.as_tensor()).cloned().ok_or_else(|| {
-                Error::tensor(
-                    "hidden states",
-                    format!("no gradient reached layer {li} (a bug)"),
-                )
-            })?;
-        }
-        self.rng = after;
-        if x0.track_op() {
-            // A trained embed_tokens copy: push the input gradient into it.
-            let store = (x0 * &g)?.sum_all()?.backward()?;
-            collect(&self.params, &store, grads)?;
-        }
-        Ok(nll_sum)
+        Ok((nll, b * t))
     }
 
     /// Runs `steps` (each a list of micro-batches) with the learning rate `lr_at(step_index)` (0-based optimizer
@@ -632,76 +480,6 @@ impl<'m> Trainer<'m> {
         Ok(done)
     }
 
-    /// Saves the full training state into `dir`: the adapter (PEFT files), the AdamW moments
-    /// (`optimizer.safetensors`), the step, RNG state and config (`trainer_state.json`). Atomic per file.
-    pub fn save_state(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
-        self.adapter()?.save(dir, base_model_name_or_path)?;
-        let mut moments = BTreeMap::new();
-        for p in &self.params {
-            let shape = p.var.shape().clone();
-            moments.insert(
-                format!("m.{}", p.key),
-                Tensor::from_slice(&p.moments.m, shape.clone(), &candle_core::Device::Cpu)?,
-            );
-            moments.insert(
-                format!("v.{}", p.key),
-                Tensor::from_slice(&p.moments.v, shape, &candle_core::Device::Cpu)?,
-            );
-        }
-        io::save_safetensors(&dir.join(OPTIMIZER_FILE), &moments)?;
-        let state = SavedState {
-            format: 1,
-            step: self.step,
-            rng: self.rng.state(),
-            config: self.config.clone(),
-        };
-        let text = serde_json::to_string_pretty(&state)
-            .map_err(|e| Error::input("state", e.to_string()))?;
-        io::write_atomic(&dir.join(STATE_FILE), text.as_bytes())
-    }
-
-    /// Restores a trainer saved with [`Trainer::save_state`] for `model`; training continues exactly where it stopped.
-    pub fn load_state(dir: &Path, model: &'m Model) -> Result<Self> {
-        let state_path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        let state: SavedState = serde_json::from_str(&text)
-            .map_err(|e| Error::model(&state_path, format!("not a trainer state file: {e}")))?;
-        if state.format != 1 {
-            return Err(Error::model(
-                &state_path,
-                format!("unknown state format {}", state.format),
-            ));
-        }
-        let adapter = Adapter::load(dir, model)?;
-        let mut trainer = Self::from_adapter(model, &adapter, state.config)?;
-        let opt_path = dir.join(OPTIMIZER_FILE);
-        let mut tensors = io::load_safetensors(&opt_path, &candle_core::Device::Cpu)?;
-        for p in &mut trainer.params {
-            for (prefix, dst) in [("m.", &mut p.moments.m), ("v.", &mut p.moments.v)] {
-                let key = format!("{prefix}{}", p.key);
-                let t = tensors
-                    .remove(&key)
-                    .ok_or_else(|| Error::model(&opt_path, format!("tensor `{key}` is missing")))?;
-                if t.elem_count() != dst.len() {
-                    return Err(Error::model(
-                        &opt_path,
-                        format!("tensor `{key}` has the wrong size"),
-                    ));
-                }
-                *dst = t.flatten_all()?.to_vec1::<f32>()?;
-            }
-        }
-        if let Some(extra) = tensors.keys().next() {
-            return Err(Error::model(
-                &opt_path,
-                format!("tensor `{extra}` matches no trainable parameter"),
-            ));
-        }
-        trainer.step = state.step;
-        trainer.rng = Rng::from_state(state.rng);
-        Ok(trainer)
-    }
-
     /// Gradients of the mean loss over `batch` for every trainable tensor, by PEFT key (no update). For tests and
     /// diagnostics.
     pub fn gradients(&mut self, batch: &[Sample]) -> Result<BTreeMap<String, Tensor>> {
@@ -712,34 +490,64 @@ impl<'m> Trainer<'m> {
         if total == 0 {
             return Err(Error::input("batch", "no position has a label to predict"));
         }
-        let mut grads = vec![None; self.params.len()];
-        self.accumulate(batch, total, &mut grads)?;
+        self.grads.iter_mut().for_each(|g| g.fill(0.0));
+        self.accumulate(batch, total)?;
+        let dev = self.model.device();
         self.params
             .iter()
-            .zip(grads)
+            .zip(&self.grads)
             .map(|(p, g)| {
-                g.map(|g| (p.key.clone(), g))
-                    .ok_or_else(|| Error::tensor(&p.key, "received no gradient: the graph is cut"))
+                Ok((
+                    p.key.clone(),
+                    Tensor::from_slice(g, p.shape.as_slice(), dev)?,
+                ))
             })
             .collect()
     }
 }
 
-/// Adds the gradients in `store` into `grads` (one slot per parameter).
-fn collect(
-    params: &[Param],
-    store: &candle_core::backprop::GradStore,
-    grads: &mut [Option<Tensor>],
-) -> Result<()> {
-    for (p, slot) in params.iter().zip(grads.iter_mut()) {
-        if let Some(g) = store.get(p.var.as_tensor()) {
-            *slot = Some(match slot.take() {
-                Some(acc) => (acc + g)?,
-                None => g.clone(),
-            });
+/// The backend a model trains with under `choice`; errors name what does not fit.
+fn backend_for(model: &Model, choice: Backend) -> Result<Backend> {
+    let cpu = model.device().is_cpu();
+    match choice {
+        Backend::Auto if cpu => Ok(Backend::Engine),
+        Backend::Auto => Ok(Backend::Autograd),
+        Backend::Engine if !cpu => Err(Error::input(
+            "backend",
+            "the CPU engine trains models loaded on the CPU only; load the model on the CPU or use the autograd backend",
+        )),
+        b => Ok(b),
+    }
+}
+
+/// The trainer's parameters as the engine's extras.
+fn extras<'a>(params: &'a [Param], slots: &[Slot], scale: f64) -> Extras<'a> {
+    let mut out = Extras {
+        scale,
+        pairs: Vec::new(),
+        embed: None,
+        head: None,
+    };
+    for slot in slots {
+        match *slot {
+            Slot::Pair {
+                layer,
+                module,
+                a,
+                b,
+            } => out.pairs.push(PairRef {
+                layer,
+                module,
+                a: &params[a].value,
+                b: &params[b].value,
+                grad_a: a,
+                grad_b: b,
+            }),
+            Slot::LmHead(i) => out.head = Some((&params[i].value, i)),
+            Slot::Embed(i) => out.embed = Some((&params[i].value, i)),
         }
     }
-    Ok(())
+    out
 }
 
 /// Number of scored next-token predictions in a sample.

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor, D};
 use lora_targets::LoraSettings;
-use trainer_core::{Adapter, Model, ModelConfig, Sample, TrainConfig, Trainer};
+use trainer_core::{Adapter, Backend, Model, ModelConfig, Sample, TrainConfig, Trainer};
 
 use crate::common::max_abs_diff;
 
@@ -118,39 +118,8 @@ fn lora_gradients_match_finite_differences() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn fused_kernels_give_the_composed_gradients() {
-    let fused = tiny();
-    let mut composed = fused.clone();
-    composed.set_fused_kernels(false);
-    let cfg = TrainConfig {
-        seed: 4,
-        ..TrainConfig::default()
-    };
-    let mut a = Trainer::new(&fused, settings(&fused), cfg.clone()).unwrap();
-    let mut b = Trainer::new(&composed, settings(&composed), cfg).unwrap();
-    let batch = vec![sample(), Sample::causal(vec![65, 66, 67, 68])];
-    let cancel = AtomicBool::new(false);
-    let sa = a.step(std::slice::from_ref(&batch), 5e-2, &cancel).unwrap();
-    let sb = b.step(std::slice::from_ref(&batch), 5e-2, &cancel).unwrap();
-    assert!(
-        (sa.loss - sb.loss).abs() < 1e-5,
-        "{} vs {}",
-        sa.loss,
-        sb.loss
-    );
-    let (ga, gb) = (a.gradients(&batch).unwrap(), b.gradients(&batch).unwrap());
-    for (key, x) in &ga {
-        let d = max_abs_diff(x, &gb[key]);
-        assert!(
-            d < 1e-5,
-            "{key}: fused and composed gradients differ by {d}"
-        );
-    }
-}
-
 /// Runs `steps` on both trainers and asserts the same losses and gradient norms at each step (tolerances
-/// `(loss, relative norm)`), then the same gradients on `batch` (1e-5) for all 2 × 7 × 2 LoRA tensors.
+/// `(loss, relative norm)`), then the same gradients on `batch` (1e-5) for every trainable tensor.
 fn assert_same_training(
     a: &mut Trainer,
     b: &mut Trainer,
@@ -179,36 +148,39 @@ fn assert_same_training(
         );
     }
     let (ga, gb) = (a.gradients(batch).unwrap(), b.gradients(batch).unwrap());
-    assert_eq!(ga.len(), 2 * 7 * 2);
+    assert_eq!(ga.len(), gb.len());
     for (key, x) in &ga {
         let d = max_abs_diff(x, &gb[key]);
         assert!(d < 1e-5, "{what}: {key}: gradients differ by {d}");
     }
 }
 
-/// The CPU engine (hand-written forward and backward) against candle's autograd over the same fused ops, on a
+/// The CPU engine (hand-written forward and backward) against candle's autograd over the composed ops, on a
 /// model with q/k/v biases and grouped kv heads, with LoRA dropout, NEFTune, right padding and two micro-batches:
 /// same losses, gradient norms and gradients, and the same RNG draws (the third step would differ otherwise).
 #[test]
 fn engine_matches_candle_autograd_with_bias_dropout_neftune_and_padding() {
     let mut cfg = ModelConfig::tiny_llama(256, 24, 2, 6, 2);
     cfg.attention_bias = true;
-    let engine = Model::random(cfg, 12, &Device::Cpu).unwrap();
-    let mut autograd = engine.clone();
-    autograd.set_training_engine(false);
+    let model = Model::random(cfg, 12, &Device::Cpu).unwrap();
     let s = LoraSettings {
         dropout: 0.3,
-        ..settings(&engine)
+        ..settings(&model)
     };
     for checkpointing in [false, true] {
         let cfg = TrainConfig {
             seed: 6,
             neftune_alpha: Some(5.0),
             gradient_checkpointing: checkpointing,
+            backend: Backend::Engine,
             ..TrainConfig::default()
         };
-        let mut a = Trainer::new(&engine, s.clone(), cfg.clone()).unwrap();
-        let mut b = Trainer::new(&autograd, s.clone(), cfg).unwrap();
+        let oracle = TrainConfig {
+            backend: Backend::Autograd,
+            ..cfg.clone()
+        };
+        let mut a = Trainer::new(&model, s.clone(), cfg).unwrap();
+        let mut b = Trainer::new(&model, s.clone(), oracle).unwrap();
         // 150 tokens: more than one causal block of the engine's attention.
         let long = Sample::causal((0..150u32).map(|i| (i * 37 + 11) % 256).collect());
         let steps = [
@@ -222,6 +194,48 @@ fn engine_matches_candle_autograd_with_bias_dropout_neftune_and_padding() {
         let batch = [sample(), long, Sample::causal(vec![65, 66, 67])];
         let what = format!("engine vs autograd, checkpointing {checkpointing}");
         assert_same_training(&mut a, &mut b, &steps, &batch, (1e-5, 1e-4), &what);
+    }
+}
+
+/// A trained `lm_head` and `embed_tokens` copy (PEFT's modules_to_save, full dense gradients) through the engine
+/// against candle's autograd, on a tied and an untied model, with and without gradient checkpointing.
+#[test]
+fn engine_trains_modules_to_save_like_candle_autograd() {
+    for tied in [true, false] {
+        let mut cfg = ModelConfig::tiny_llama(256, 16, 2, 4, 2);
+        cfg.tie_word_embeddings = tied;
+        let m = Model::random(cfg, 13, &Device::Cpu).unwrap();
+        let s = LoraSettings {
+            modules_to_save: vec!["lm_head".into(), "embed_tokens".into()],
+            target_modules: vec!["q_proj".into(), "down_proj".into()],
+            dropout: 0.1,
+            ..settings(&m)
+        };
+        for checkpointing in [false, true] {
+            let cfg = TrainConfig {
+                seed: 9,
+                neftune_alpha: Some(3.0),
+                gradient_checkpointing: checkpointing,
+                backend: Backend::Engine,
+                ..TrainConfig::default()
+            };
+            let oracle = TrainConfig {
+                backend: Backend::Autograd,
+                ..cfg.clone()
+            };
+            let mut a = Trainer::new(&m, s.clone(), cfg).unwrap();
+            let mut b = Trainer::new(&m, s.clone(), oracle).unwrap();
+            assert_eq!(a.trainable_parameters(), b.trainable_parameters());
+            let steps = [
+                vec![
+                    vec![sample(), Sample::causal(vec![70, 71, 72])],
+                    vec![sample()],
+                ],
+                vec![vec![Sample::causal(vec![80, 81, 82, 83, 84, 85])]],
+            ];
+            let what = format!("modules_to_save, tied {tied}, checkpointing {checkpointing}");
+            assert_same_training(&mut a, &mut b, &steps, &[sample()], (1e-5, 1e-4), &what);
+        }
     }
 }
 

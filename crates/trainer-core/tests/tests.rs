@@ -8,8 +8,10 @@ mod reference;
 mod hf_dir;
 // Training against PEFT, gradients, determinism, resume.
 mod training;
-// Finite differences and fused-vs-composed gradients on a tiny random model.
+// Finite differences and the engine against candle's autograd on tiny random models.
 mod gradcheck;
+// Base weights kept as stored: every type against f32, split and tampered files, memory limits.
+mod stored;
 // Instruction and chat datasets: format files, chat templates, label masks.
 mod dataset;
 // Synthetic models: every weight type loads, fallbacks, GGUF and HF outputs agree.

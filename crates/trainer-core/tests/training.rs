@@ -18,7 +18,7 @@ fn reference_config() -> TrainConfig {
         max_grad_norm: None,
         neftune_alpha: None,
         pad_id: 2,
-        gradient_checkpointing: false,
+        ..TrainConfig::default()
     }
 }
 

@@ -8,10 +8,9 @@ const ROWS_PER_TASK: usize = 16;
 /// Elements per parallel task of the element-wise kernels.
 const ELEMS_PER_TASK: usize = 16 * 1024;
 
-/// RMSNorm of the rows (width `w.len()`) of `x` into `out`; returns each row's `1 / rms`.
-pub(crate) fn rms_forward(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Vec<f32> {
+/// RMSNorm of the rows (width `w.len()`) of `x` into `out`, and each row's `1 / rms` into `inv`.
+pub(crate) fn rms_forward(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], inv: &mut [f32]) {
     let n = w.len();
-    let mut inv = vec![0f32; x.len() / n];
     out.par_chunks_mut(n * ROWS_PER_TASK)
         .zip(x.par_chunks(n * ROWS_PER_TASK))
         .zip(inv.par_chunks_mut(ROWS_PER_TASK))
@@ -25,7 +24,21 @@ pub(crate) fn rms_forward(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Ve
                 }
             }
         });
-    inv
+}
+
+/// The normalized rows `w ⊙ (x · inv)` of `x` given each row's `1 / rms` (what [`rms_forward`] wrote, bit for bit).
+pub(crate) fn rms_apply(x: &[f32], inv: &[f32], w: &[f32], out: &mut [f32]) {
+    let n = w.len();
+    out.par_chunks_mut(n * ROWS_PER_TASK)
+        .zip(x.par_chunks(n * ROWS_PER_TASK))
+        .zip(inv.par_chunks(ROWS_PER_TASK))
+        .for_each(|((o, x), inv)| {
+            for ((o, x), &r) in o.chunks_mut(n).zip(x.chunks(n)).zip(inv) {
+                for ((o, x), &w) in o.iter_mut().zip(x).zip(w) {
+                    *o = w * (x * r);
+                }
+            }
+        });
 }
 
 /// RMSNorm backward: `dx += d rmsnorm(x) / dx · g` for rows of `x` with forward `1 / rms` `inv`.
@@ -82,10 +95,11 @@ pub(crate) fn rope(
         });
 }
 
-/// Causal softmax of `scale · s` in place over one `[t, t]` score block (row `i` keeps columns `0..=i`, the rest
-/// become 0). Sums in f64.
-pub(crate) fn causal_softmax(s: &mut [f32], t: usize, scale: f32) {
-    for (i, row) in s.chunks_mut(t).enumerate() {
+/// Causal softmax of `scale · s` in place over rows of length `t` of a score block whose first row is query
+/// position `first` (row `i` keeps columns `0..=i`, the rest become 0). Sums in f64.
+pub(crate) fn causal_softmax(s: &mut [f32], t: usize, first: usize, scale: f32) {
+    for (r, row) in s.chunks_mut(t).enumerate() {
+        let i = first + r;
         let (live, dead) = row.split_at_mut(i + 1);
         let max = live
             .iter()
@@ -198,7 +212,7 @@ mod tests {
         fn causal_softmax_rows_sum_to_one_over_the_visible_keys(seed in any::<u64>(), t in 1usize..30) {
             let mut rng = Rng::new(seed);
             let mut s = rng.uniform(t * t, -20.0, 20.0);
-            causal_softmax(&mut s, t, 0.7);
+            causal_softmax(&mut s, t, 0, 0.7);
             for (i, row) in s.chunks(t).enumerate() {
                 let sum: f32 = row[..=i].iter().sum();
                 prop_assert!((sum - 1.0).abs() < 1e-5, "row {i} sums to {sum}");

@@ -14,8 +14,6 @@
 mod read;
 mod write;
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::PathBuf;
 
 use candle_core::Tensor;
@@ -112,19 +110,18 @@ impl GgufBase {
     /// Every linear tensor of the base GGUF is there with its shape.
     fn check_file(&self) -> Result<()> {
         let path = &self.source;
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let ct = crate::gguf_limits::read_content(&mut BufReader::new(file), path)?;
+        let g = crate::gguf_file::GgufModel::open(path)?;
         for l in 0..self.layers {
             for (m, want) in self.shapes.iter().enumerate() {
                 let name = base_tensor_name(l, m);
-                match ct.tensor_infos.get(&name) {
-                    Some(info) if info.shape.dims() == want => {}
+                match g.tensors.get(&name) {
+                    Some(info) if info.dims == want => {}
                     Some(info) => {
                         return Err(Error::model(
                             path,
                             format!(
                                 "base tensor `{name}` has shape {:?}, the model has {want:?}",
-                                info.shape.dims()
+                                info.dims
                             ),
                         ))
                     }

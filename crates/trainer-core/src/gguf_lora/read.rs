@@ -1,7 +1,5 @@
 //! Reading a llama.cpp LoRA adapter GGUF.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
@@ -11,6 +9,8 @@ use lora_targets::LoraSettings;
 use super::{base_tensor_name, parse_factor_name, unpermute_rows, GgufBase, GGUF_MODULES};
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
+use crate::gguf_file::GgufModel;
+use crate::load::{self, Stored};
 use crate::lora::{LoraPair, LoraWeights, MODULES};
 use crate::model::Model;
 
@@ -21,11 +21,8 @@ impl Adapter {
     /// module present in one layer must be present with both factors in every layer. Errors name the tensor.
     /// A missing or zero `adapter.lora.alpha` means a scale of 1, as in llama.cpp.
     pub fn load_gguf(path: &Path, model: &Model) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut reader = BufReader::new(file);
-        let ct = crate::gguf_limits::read_content(&mut reader, path)
-            .map_err(|e| Error::adapter(path, e.to_string()))?;
-        let md = &ct.metadata;
+        let g = GgufModel::open(path).map_err(|e| Error::adapter(path, e.to_string()))?;
+        let md = &g.metadata;
         let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
         match text("general.type").as_deref() {
             Some("adapter") => {}
@@ -65,7 +62,7 @@ impl Adapter {
         let mut b_parts: Vec<[Option<Tensor>; 7]> = vec![Default::default(); n_layers];
         let mut rank: Option<(usize, String)> = None;
         let dev = model.device();
-        let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
+        let mut names: Vec<&String> = g.tensors.keys().collect();
         names.sort();
         for name in names {
             let bad = |msg: String| Error::adapter(path, format!("tensor `{name}`: {msg}"));
@@ -77,12 +74,7 @@ impl Adapter {
             if l >= n_layers {
                 return Err(bad(format!("the model has {n_layers} layers")));
             }
-            let q = ct
-                .tensor(&mut reader, name, dev)
-                .map_err(|e| bad(format!("cannot read: {e}")))?;
-            let t = q
-                .dequantize(dev)
-                .map_err(|e| bad(format!("cannot dequantize: {e}")))?;
+            let t = read_f32(&g, name, dev).map_err(|e| bad(e.to_string()))?;
             let dims = t.dims().to_vec();
             if dims.len() != 2 {
                 return Err(bad(format!("shape {dims:?} is not a matrix")));
@@ -90,7 +82,7 @@ impl Adapter {
             let r = if is_b { dims[1] } else { dims[0] };
             let [out, inp] = base.shapes[m];
             match &rank {
-                None => rank = Some((r, name.clone())),
+                None => rank = Some((r, name.to_string())),
                 Some((r0, first)) if *r0 != r => {
                     return Err(bad(format!(
                         "rank {r}, but `{first}` has rank {r0}; adapters whose factors have different ranks are not supported"
@@ -144,10 +136,10 @@ impl Adapter {
             }
             layers.push(mods);
         }
-        let alpha = match md.get("adapter.lora.alpha") {
+        let alpha = match md.get("adapter.lora.alpha").cloned() {
             None => 0.0,
-            Some(Value::F32(v)) => f64::from(*v),
-            Some(Value::F64(v)) => *v,
+            Some(Value::F32(v)) => f64::from(v),
+            Some(Value::F64(v)) => v,
             Some(other) => {
                 return Err(Error::adapter(
                     path,
@@ -186,4 +178,21 @@ impl Adapter {
             Self::load(path, model)
         }
     }
+}
+
+/// The data of tensor `name` of `g` as f32 values of its shape (F32 as written, or any type the loader reads).
+fn read_f32(g: &GgufModel, name: &str, dev: &candle_core::Device) -> Result<Tensor> {
+    let t = &g.tensors[name];
+    let unknown = || Error::adapter(g.path_of(t), format!("type {} cannot be read", t.ty.name()));
+    let stored = if t.ty.is_f32() {
+        Stored::F32
+    } else {
+        Stored::Packed(t.ty.packed().ok_or_else(unknown)?)
+    };
+    let bytes = t.bytes.ok_or_else(unknown)?;
+    let mut data = vec![0u8; bytes as usize];
+    g.read(t, &mut data)?;
+    let n = t.dims.iter().product();
+    let values = load::expand(stored, &data, n)?;
+    Ok(Tensor::from_vec(values, t.dims.as_slice(), dev)?)
 }

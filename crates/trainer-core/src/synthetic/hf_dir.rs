@@ -10,8 +10,8 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use super::{tensors, vocab, Spec, Written};
-use crate::atomic_file::AtomicFile;
 use crate::error::{Error, Result};
+use crate::io::AtomicFile;
 use crate::{io, tokenizer};
 
 /// Writes the model `spec` describes as a Hugging Face folder in `dir` (created if needed): `config.json`,
