@@ -1,0 +1,221 @@
+//! The streamed writer against the in-memory path it replaced: `Model::merge`, every weight expanded to an f32
+//! tensor, `safetensors::serialize` of the whole file.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor};
+use lora_targets::LoraSettings;
+
+use super::*;
+use crate::config::ModelConfig;
+use crate::lora::LoraWeights;
+use crate::matrix::Packed;
+use crate::rng::Rng;
+
+fn tiny() -> Model {
+    let config = ModelConfig {
+        max_position_embeddings: 64,
+        ..ModelConfig::tiny_llama(256, 32, 2, 4, 2)
+    };
+    Model::random(config, 3, &Device::Cpu).unwrap()
+}
+
+/// An adapter on every module with random A and B (B is zero after `init`), optionally training `embed_tokens`.
+fn adapter(m: &Model, save_embed: bool) -> Adapter {
+    let settings = LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: crate::lora::MODULES.iter().map(|s| s.to_string()).collect(),
+        modules_to_save: if save_embed {
+            vec!["embed_tokens".into()]
+        } else {
+            vec![]
+        },
+        ..LoraSettings::default()
+    };
+    let init = Adapter::init(m, &settings, 9).unwrap();
+    let mut rng = Rng::new(11);
+    let mut w: LoraWeights = init.weights().clone();
+    for mods in &mut w.layers {
+        for p in mods.iter_mut().flatten() {
+            let n = p.b.elem_count();
+            p.b = Tensor::from_vec(rng.uniform(n, -0.1, 0.1), p.b.dims(), &Device::Cpu).unwrap();
+        }
+    }
+    if let Some(e) = &mut w.embed_tokens {
+        *e = (e.clone() * 1.5).unwrap();
+    }
+    Adapter::from_parts(settings, w, m)
+}
+
+/// `m` with every frozen matrix packed as f16 (as a GGUF or safetensors F16 file is kept).
+fn packed_f16(m: &Model) -> Model {
+    let pack = |x: &Matrix| {
+        let (rows, cols) = x.dims();
+        let v = x
+            .to_tensor(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let bytes = v
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        Matrix::packed(Packed::F16, rows, cols, bytes).unwrap()
+    };
+    let mut out = m.clone();
+    out.weights.embed = pack(&m.weights.embed);
+    for layer in &mut out.weights.layers {
+        for x in &mut layer.linears {
+            *x = pack(x);
+        }
+    }
+    out
+}
+
+/// The previous writer: every weight under its HF name expanded to f32, converted with candle, serialized whole.
+fn in_memory(m: &Model, dtype: SaveDType) -> Vec<u8> {
+    let w = &m.weights;
+    let dev = &Device::Cpu;
+    let mut t = BTreeMap::new();
+    t.insert(
+        "model.embed_tokens.weight".to_string(),
+        w.embed.to_tensor(dev).unwrap(),
+    );
+    t.insert("model.norm.weight".to_string(), w.norm.clone());
+    if let Some(h) = &w.lm_head {
+        t.insert("lm_head.weight".to_string(), h.to_tensor(dev).unwrap());
+    }
+    for (l, layer) in w.layers.iter().enumerate() {
+        for (i, x) in layer.linears.iter().enumerate() {
+            t.insert(
+                format!("{}.weight", module_path(l, i)),
+                x.to_tensor(dev).unwrap(),
+            );
+        }
+        t.insert(
+            format!("model.layers.{l}.input_layernorm.weight"),
+            layer.input_norm.clone(),
+        );
+        t.insert(
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            layer.post_norm.clone(),
+        );
+    }
+    let (cdt, sdt) = match dtype {
+        SaveDType::F32 => (DType::F32, safetensors::Dtype::F32),
+        SaveDType::Bf16 => (DType::BF16, safetensors::Dtype::BF16),
+        SaveDType::F16 => (DType::F16, safetensors::Dtype::F16),
+    };
+    let bufs: Vec<(String, Vec<usize>, Vec<u8>)> = t
+        .iter()
+        .map(|(k, v)| {
+            let v = v.to_dtype(cdt).unwrap().flatten_all().unwrap();
+            let bytes = match dtype {
+                SaveDType::F32 => v
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+                SaveDType::Bf16 => v
+                    .to_vec1::<half::bf16>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+                SaveDType::F16 => v
+                    .to_vec1::<half::f16>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            };
+            (k.clone(), t[k].dims().to_vec(), bytes)
+        })
+        .collect();
+    let views = bufs.iter().map(|(k, s, b)| {
+        (
+            k.clone(),
+            safetensors::tensor::TensorView::new(sdt, s.clone(), b).unwrap(),
+        )
+    });
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+fn streamed(m: &Model, adapter: Option<&Adapter>, dtype: SaveDType, name: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join(name);
+    m.save_hf_dir_as(&out, adapter, dtype).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["torch_dtype"], dtype.torch_name());
+    std::fs::read(out.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn streamed_files_equal_the_in_memory_merge_byte_for_byte() {
+    let base = tiny();
+    let f16 = packed_f16(&base);
+    assert_eq!(base.native_dtype(), SaveDType::F32);
+    assert_eq!(f16.native_dtype(), SaveDType::F16);
+    for (what, m) in [("f32", &base), ("f16 packed", &f16)] {
+        for save_embed in [false, true] {
+            let a = adapter(m, save_embed);
+            let merged = m.merge(&a).unwrap();
+            for dtype in [SaveDType::F32, SaveDType::Bf16, SaveDType::F16] {
+                let got = streamed(m, Some(&a), dtype, "merged");
+                let want = in_memory(&merged, dtype);
+                assert!(
+                    got == want,
+                    "{what}, embed saved {save_embed}, {dtype:?}: streamed file differs at byte {:?} ({} vs {} bytes)",
+                    got.iter().zip(&want).position(|(a, b)| a != b),
+                    got.len(),
+                    want.len()
+                );
+            }
+            // Without an adapter: the plain conversion.
+            assert!(
+                streamed(m, None, SaveDType::F32, "plain") == in_memory(m, SaveDType::F32),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_trained_embedding_unties_the_head_and_the_folder_loads_with_the_merged_logits() {
+    let m = tiny();
+    assert!(m.config().tie_word_embeddings);
+    let a = adapter(&m, true);
+    let dir = tempfile::tempdir().unwrap();
+    m.save_hf_dir_as(dir.path(), Some(&a), SaveDType::F32)
+        .unwrap();
+    let back = Model::load(dir.path(), &Device::Cpu).unwrap();
+    assert!(!back.config().tie_word_embeddings);
+    let ids = [1u32, 7, 42, 200, 3];
+    let want = m.logits(Some(&a), &ids).unwrap();
+    let got = back.logits(None, &ids).unwrap();
+    let d = (want - got)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-4, "merged folder differs from base + adapter by {d}");
+}
+
+#[test]
+fn output_types_parse_and_others_are_refused() {
+    for t in [SaveDType::F32, SaveDType::Bf16, SaveDType::F16] {
+        assert_eq!(t.name().parse::<SaveDType>().unwrap(), t);
+    }
+    let e = "f64".parse::<SaveDType>().unwrap_err().to_string();
+    assert!(e.contains("f64") && e.contains("bf16"), "{e}");
+}
