@@ -199,7 +199,8 @@ fn train_interrupt_resume_eval_merge() {
         "the adapter changed nothing"
     );
 
-    // 6. generate runs on the result (greedy, a few tokens).
+    // 6. generate runs on the result (greedy, a few tokens): the adapter applied to the stored Q4_1 weights says
+    // what the merged f32 folder says.
     let mut c = cli();
     c.arg("generate")
         .arg("--model")
@@ -213,5 +214,10 @@ fn train_interrupt_resume_eval_merge() {
         said.starts_with("And Joseph said") && said.trim().len() > "And Joseph said".len(),
         "{said}"
     );
+    let mut c = cli();
+    c.arg("generate").arg("--model").arg(&merged);
+    c.args(["--prompt", "And Joseph said", "--max-tokens", "5"]);
+    let out = run_ok(&mut c);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), said);
     let _ = std::fs::remove_dir_all(&d);
 }
