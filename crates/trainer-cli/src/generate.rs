@@ -1,17 +1,13 @@
-//! `trainer-cli generate`: sample text to try an adapter. The adapter is
-//! merged into the base weights and the result runs through
-//! candle-transformers' own Llama, an inference path independent of the
-//! training decoder.
+//! `trainer-cli generate`: sample text to try an adapter, on the base weights as stored with the adapter applied
+//! unmerged and a key/value cache (`trainer_core::Generation`); candle-transformers' sampler picks the tokens.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
 use clap::Args;
 use trainer_core::Adapter;
 
@@ -23,7 +19,7 @@ pub struct GenerateArgs {
     /// The base model (a Hugging Face folder or a .gguf file).
     #[arg(long)]
     pub model: PathBuf,
-    /// An adapter (a PEFT folder or a llama.cpp LoRA adapter .gguf file), merged into the weights before generating.
+    /// An adapter (a PEFT folder or a llama.cpp LoRA adapter .gguf file), applied while generating.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// The prompt text (continued as raw text).
@@ -61,41 +57,17 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     }
     let device = device();
     let base = load_model(&args.model)?;
-    let model_type = base.config().model_type.clone();
-    if !matches!(model_type.as_str(), "llama" | "mistral") {
-        bail!("generate supports llama and mistral models; this one is {model_type}");
-    }
     let special = base.special_tokens();
-    let tokenizer = base.tokenizer().clone();
-    let merged = match &args.adapter {
-        Some(dir) => {
-            let adapter = Adapter::open(dir, &base)
-                .with_context(|| format!("cannot load adapter {}", dir.display()))?;
-            base.merge(&adapter)?
-        }
-        None => base,
+    let tokenizer = base.tokenizer();
+    let adapter = match &args.adapter {
+        Some(dir) => Some(
+            Adapter::open(dir, &base)
+                .with_context(|| format!("cannot load adapter {}", dir.display()))?,
+        ),
+        None => None,
     };
-
-    // Hand the merged weights to candle-transformers through a standard HF folder.
-    let tmp = std::env::temp_dir().join(format!("trainer-cli-generate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(e) = merged.save_hf_dir(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e).context("cannot hand the merged model to the inference path");
-    }
-    drop(merged);
-    let loaded = (|| -> Result<(LlamaConfig, std::collections::HashMap<String, Tensor>)> {
-        let cfg: LlamaConfig =
-            serde_json::from_str(&std::fs::read_to_string(tmp.join("config.json"))?)?;
-        let tensors = candle_core::safetensors::load(tmp.join("model.safetensors"), &device)?;
-        Ok((cfg, tensors))
-    })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    let (cfg, tensors) = loaded.context("cannot hand the merged model to the inference path")?;
-    let cfg = cfg.into_config(false);
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-    let llama = Llama::load(vb, &cfg)?;
-    let mut cache = Cache::new(true, DType::F32, &cfg, &device)?;
+    let mut generation = base.generation(adapter.as_ref())?;
+    let context = base.config().max_position_embeddings;
 
     let mut ids: Vec<u32> = Vec::new();
     if args.bos && !args.no_bos {
@@ -125,12 +97,19 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     write!(out, "{}", args.prompt)?;
     let mut printed = String::new();
-    let mut pos = 0;
+    if ids.len() > context {
+        bail!(
+            "the prompt is {} tokens, longer than the model's context of {context}",
+            ids.len()
+        );
+    }
+    let mut logits = generation.feed(&ids)?;
     for _ in 0..args.max_tokens {
-        let input = Tensor::new(&ids[pos..], &device)?.unsqueeze(0)?;
-        let logits = llama.forward(&input, pos, &mut cache)?.squeeze(0)?;
-        pos = ids.len();
-        let next = sampler.sample(&logits)?;
+        let next = sampler.sample(&Tensor::from_vec(
+            logits,
+            base.config().vocab_size,
+            &device,
+        )?)?;
         if Some(next) == special.eos {
             break;
         }
@@ -143,6 +122,10 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             out.flush()?;
         }
         printed = text;
+        if ids.len() >= context {
+            break;
+        }
+        logits = generation.feed(&[next])?;
     }
     writeln!(out)?;
     Ok(ExitCode::SUCCESS)

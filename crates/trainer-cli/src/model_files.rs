@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use trainer_core::{Adapter, LoadOptions, Model};
+use trainer_core::{Adapter, LoadOptions, Model, SaveDType};
 
 /// Arguments of `trainer-cli convert`.
 #[derive(Debug, Args)]
@@ -18,6 +18,10 @@ pub struct ConvertArgs {
     /// The Hugging Face folder to write (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
     pub out: PathBuf,
+    /// The float type of the written weights: f32, bf16 or f16 (default: the base's own float type; bf16 for a
+    /// quantized base).
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
 }
 
 /// Arguments of `trainer-cli merge`.
@@ -32,6 +36,10 @@ pub struct MergeArgs {
     /// The Hugging Face folder to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// The float type of the written weights: f32, bf16 or f16 (default: the base's own float type; bf16 for a
+    /// quantized base).
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
 }
 
 fn check_out(out: &std::path::Path) -> Result<()> {
@@ -71,12 +79,21 @@ pub fn mib(bytes: u64) -> String {
     }
 }
 
+/// The output type: `--dtype`, or the model's own float type.
+fn out_dtype(model: &Model, dtype: Option<&str>) -> Result<SaveDType> {
+    Ok(match dtype {
+        Some(d) => d.parse()?,
+        None => model.native_dtype(),
+    })
+}
+
 /// Runs `trainer-cli convert`.
 pub fn convert(args: &ConvertArgs) -> Result<ExitCode> {
     check_out(&args.out)?;
     let model = load_model(&args.model)?;
-    model.save_hf_dir(&args.out)?;
-    eprintln!("wrote {}", args.out.display());
+    let dtype = out_dtype(&model, args.dtype.as_deref())?;
+    model.save_hf_dir_as(&args.out, None, dtype)?;
+    eprintln!("wrote {} ({})", args.out.display(), dtype.name());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -86,7 +103,8 @@ pub fn merge(args: &MergeArgs) -> Result<ExitCode> {
     let model = load_model(&args.model)?;
     let adapter = Adapter::open(&args.adapter, &model)
         .with_context(|| format!("cannot load adapter {}", args.adapter.display()))?;
-    model.merge(&adapter)?.save_hf_dir(&args.out)?;
-    eprintln!("wrote {}", args.out.display());
+    let dtype = out_dtype(&model, args.dtype.as_deref())?;
+    model.save_hf_dir_as(&args.out, Some(&adapter), dtype)?;
+    eprintln!("wrote {} ({})", args.out.display(), dtype.name());
     Ok(ExitCode::SUCCESS)
 }

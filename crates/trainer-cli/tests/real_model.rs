@@ -152,17 +152,25 @@ fn train_interrupt_resume_eval_merge() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("perplexity "));
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 2);
 
-    // 5. merge gives the logits of base + adapter.
+    // 5. merge in f32 gives the logits of base + adapter; the default for this quantized base is bf16.
     let merged = d.join("merged");
-    let mut c = cli();
-    c.arg("merge")
-        .arg("--model")
-        .arg(model())
-        .arg("--adapter")
-        .arg(&straight)
-        .arg("--out")
-        .arg(&merged);
-    stderr_ok(c);
+    let merged_bf16 = d.join("merged-bf16");
+    for (out, dtype) in [(&merged, Some("f32")), (&merged_bf16, None)] {
+        let mut c = cli();
+        c.arg("merge")
+            .arg("--model")
+            .arg(model())
+            .arg("--adapter")
+            .arg(&straight)
+            .arg("--out")
+            .arg(out);
+        if let Some(t) = dtype {
+            c.args(["--dtype", t]);
+        }
+        stderr_ok(c);
+    }
+    let config = std::fs::read_to_string(merged_bf16.join("config.json")).unwrap();
+    assert!(config.contains("\"torch_dtype\": \"bfloat16\""), "{config}");
     let ids = "1,504,3458,282,253,1789,28,1206,314,2";
     let dump = |model: &Path, adapter: Option<&Path>, out: &Path| {
         let mut c = cli();
@@ -183,12 +191,16 @@ fn train_interrupt_resume_eval_merge() {
     let base = dump(&model(), None, &d.join("b.safetensors"));
     let diff = max_abs_diff(&with_adapter, &from_merged);
     assert!(diff < 1e-3, "merged logits differ by {diff}");
+    let from_bf16 = dump(&merged_bf16, None, &d.join("m16.safetensors"));
+    let diff = max_abs_diff(&with_adapter, &from_bf16);
+    assert!(diff < 0.5, "bf16 merged logits differ by {diff}");
     assert!(
         max_abs_diff(&with_adapter, &base) > 1e-3,
         "the adapter changed nothing"
     );
 
-    // 6. generate runs on the result (greedy, a few tokens).
+    // 6. generate runs on the result (greedy, a few tokens): the adapter applied to the stored Q4_1 weights says
+    // what the merged f32 folder says.
     let mut c = cli();
     c.arg("generate")
         .arg("--model")
@@ -202,5 +214,10 @@ fn train_interrupt_resume_eval_merge() {
         said.starts_with("And Joseph said") && said.trim().len() > "And Joseph said".len(),
         "{said}"
     );
+    let mut c = cli();
+    c.arg("generate").arg("--model").arg(&merged);
+    c.args(["--prompt", "And Joseph said", "--max-tokens", "5"]);
+    let out = run_ok(&mut c);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), said);
     let _ = std::fs::remove_dir_all(&d);
 }

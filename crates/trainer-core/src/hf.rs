@@ -1,6 +1,6 @@
 //! Hugging Face model directories: load (`config.json`, single or sharded safetensors, tokenizer) and write.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -196,39 +196,4 @@ pub(crate) fn load(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<Pa
         special,
         chat_template: template,
     })
-}
-
-/// The weights under their HF names (`model.layers.0.self_attn.q_proj.weight`, ...), expanded to f32.
-pub(crate) fn named_weights(w: &Weights, device: &Device) -> Result<BTreeMap<String, Tensor>> {
-    let mut out = BTreeMap::new();
-    out.insert(
-        "model.embed_tokens.weight".to_string(),
-        w.embed.to_tensor(device)?,
-    );
-    out.insert("model.norm.weight".to_string(), w.norm.clone());
-    if let Some(h) = &w.lm_head {
-        out.insert("lm_head.weight".to_string(), h.to_tensor(device)?);
-    }
-    for (l, layer) in w.layers.iter().enumerate() {
-        for (m, t) in layer.linears.iter().enumerate() {
-            out.insert(
-                format!("{}.weight", module_path(l, m)),
-                t.to_tensor(device)?,
-            );
-        }
-        if let Some(b) = &layer.qkv_bias {
-            for (m, t) in b.iter().enumerate() {
-                out.insert(format!("{}.bias", module_path(l, m)), t.clone());
-            }
-        }
-        out.insert(
-            format!("model.layers.{l}.input_layernorm.weight"),
-            layer.input_norm.clone(),
-        );
-        out.insert(
-            format!("model.layers.{l}.post_attention_layernorm.weight"),
-            layer.post_norm.clone(),
-        );
-    }
-    Ok(out)
 }

@@ -145,6 +145,11 @@ impl Matrix {
         })
     }
 
+    /// `(rows, cols)`.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
     /// The stored type's name (`F32`, `F16`, `BF16`).
     pub(crate) fn type_name(&self) -> &'static str {
         match &self.data {

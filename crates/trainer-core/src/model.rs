@@ -10,11 +10,12 @@ use crate::config::ModelConfig;
 use crate::decoder::{ids_tensor, nll_rows, Decoder, Weights};
 use crate::engine::{self, AdapterPins, Extras, Net, Pins, Workspace};
 use crate::error::{Error, Result};
+use crate::hf_write::SaveDType;
 use crate::load::LoadOptions;
 use crate::lora::MODULES;
 use crate::matrix::Matrix;
 use crate::tokenizer::SpecialTokens;
-use crate::{gguf, hf, io, tokenizer};
+use crate::{gguf, hf};
 
 /// What a loader produces.
 pub(crate) struct Parts {
@@ -349,29 +350,10 @@ impl Model {
         Ok(out)
     }
 
-    /// Writes a Hugging Face model directory: `config.json`, `model.safetensors` (f32), `tokenizer.json`,
-    /// `tokenizer_config.json`, `chat_template.jinja`. Files are written atomically.
+    /// Writes a Hugging Face model directory with the weights in f32 (exactly the values the engine computes
+    /// with): [`Model::save_hf_dir_as`] without an adapter, in [`SaveDType::F32`].
     pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
-        if self.weights.rope_freq_factors.is_some() {
-            return Err(Error::model(
-                &self.source,
-                "this GGUF carries per-frequency RoPE factors (rope_freqs.weight) that config.json cannot express \
-                 without the original rope_scaling parameters; use the original Hugging Face model instead",
-            ));
-        }
-        io::ensure_dir(dir)?;
-        io::save_safetensors(
-            &dir.join("model.safetensors"),
-            &hf::named_weights(&self.weights, &self.device)?,
-        )?;
-        let cfg = self.config.to_hf_json(self.special.bos, self.special.eos);
-        io::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
-        tokenizer::write_hf_files(
-            dir,
-            &self.tokenizer,
-            &self.special,
-            self.chat_template.as_deref(),
-        )
+        self.save_hf_dir_as(dir, None, SaveDType::F32)
     }
 }
 

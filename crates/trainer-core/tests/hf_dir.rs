@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
-use trainer_core::{Adapter, BaseWeights, LoadOptions, Model, ModelConfig};
+use trainer_core::{Adapter, BaseWeights, LoadOptions, Model, ModelConfig, SaveDType};
 
 use crate::common::{ids, max_abs_diff, model, peft_ref};
 
@@ -90,6 +90,64 @@ fn merged_weights_equal_base_plus_adapter_and_save_load_round_trips() {
     let d = max_abs_diff(&m.logits(Some(&back), &input).unwrap(), &with);
     assert_eq!(d, 0.0, "save -> load changed the logits");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn streamed_merge_of_the_quantized_model_equals_the_in_memory_merge_and_writes_bf16() {
+    let m = model();
+    let adapter = Adapter::load(&peft_ref(), m).unwrap();
+    let input = ids("input_ids");
+    let with = m.logits(Some(&adapter), &input).unwrap();
+    // f32: the streamed merge (one module expanded at a time, B·A added row block by row block) writes the bytes
+    // of the merged model held in memory.
+    let streamed = tmp("merge-streamed");
+    m.save_hf_dir_as(&streamed, Some(&adapter), SaveDType::F32)
+        .unwrap();
+    let whole = tmp("merge-whole");
+    m.merge(&adapter).unwrap().save_hf_dir(&whole).unwrap();
+    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    let f32_bytes = read(&streamed);
+    assert!(
+        f32_bytes == read(&whole),
+        "streamed and in-memory merges differ"
+    );
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert_eq!(
+            std::fs::read(streamed.join(f)).unwrap(),
+            std::fs::read(whole.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // bf16, the default for a quantized base: half the bytes, kept as BF16 when loaded, logits within bf16's
+    // rounding of the weights (2^-9 relative) of base + adapter.
+    assert_eq!(m.native_dtype(), SaveDType::Bf16);
+    let bf16 = tmp("merge-bf16");
+    m.save_hf_dir_as(&bf16, Some(&adapter), SaveDType::Bf16)
+        .unwrap();
+    let bf16_bytes = read(&bf16);
+    assert!(
+        bf16_bytes.len() < f32_bytes.len() / 2 + (64 << 10),
+        "{} vs {}",
+        bf16_bytes.len(),
+        f32_bytes.len()
+    );
+    let back = Model::load(&bf16, &Device::Cpu).unwrap();
+    assert!(
+        back.weight_types().iter().all(|(t, _)| t == "BF16"),
+        "{:?}",
+        back.weight_types()
+    );
+    let config = std::fs::read_to_string(bf16.join("config.json")).unwrap();
+    assert!(config.contains("\"torch_dtype\": \"bfloat16\""), "{config}");
+    let d = max_abs_diff(&back.logits(None, &input).unwrap(), &with);
+    eprintln!("bf16 merge vs base + adapter: max abs diff {d:e}");
+    assert!(
+        d > 1e-4 && d < 0.5,
+        "bf16 merge differs from base + adapter by {d}"
+    );
+    for d in [streamed, whole, bf16] {
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
 
 /// Rewrites the adapter tensors of a copy of the reference adapter with `edit`, then loads it.

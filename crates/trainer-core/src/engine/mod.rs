@@ -12,6 +12,7 @@
 mod attention;
 pub mod bench;
 mod bf16;
+mod decode;
 mod gemm;
 mod head;
 mod kernels;
@@ -20,6 +21,7 @@ mod net;
 mod product;
 mod workspace;
 
+pub(crate) use decode::{step as decode_step, KvCache};
 pub(crate) use net::{AdapterPins, Extras, Net, PairRef, Pins};
 pub(crate) use workspace::Workspace;
 
