@@ -23,17 +23,6 @@ pub(crate) enum Slot {
     Embed(usize),
 }
 
-/// One micro-batch as the autograd path needs it.
-pub(crate) struct MicroBatch<'a> {
-    /// `[b, t]` ids, right-padded.
-    pub ids: &'a [u32],
-    pub b: usize,
-    pub t: usize,
-    pub rows: &'a [u32],
-    pub targets: &'a [u32],
-    pub total: usize,
-}
-
 /// The trainer's state the autograd path reads and advances.
 pub(crate) struct State<'a> {
     pub model: &'a Model,
@@ -50,7 +39,7 @@ pub(crate) struct State<'a> {
 /// layer is recomputed in backward from its saved input (the RNG state replayed so dropout masks repeat).
 pub(crate) fn micro_batch(
     st: State,
-    mb: &MicroBatch,
+    mb: &crate::engine::Batch,
     checkpointing: bool,
     grads: &mut [Vec<f32>],
 ) -> Result<f64> {

@@ -152,7 +152,7 @@ pub(crate) fn write<K: AsRef<str>>(
         for d in t.dims.iter().rev() {
             head.extend_from_slice(&(*d as u64).to_le_bytes());
         }
-        head.extend_from_slice(&ggml_type_id(t.ty).to_le_bytes());
+        head.extend_from_slice(&t.ty.ggml_id().to_le_bytes());
         head.extend_from_slice(&offset.to_le_bytes());
         offsets.push(offset);
         sizes.push(size);
@@ -212,25 +212,6 @@ fn alignment<K: AsRef<str>>(metadata: &[(K, Value)]) -> Result<u64> {
             "metadata",
             format!("`general.alignment` must be a u32 power of two, got {v:?}"),
         )),
-    }
-}
-
-/// ggml's type ids (`enum ggml_type`).
-fn ggml_type_id(ty: QuantType) -> u32 {
-    match ty {
-        QuantType::F32 => 0,
-        QuantType::F16 => 1,
-        QuantType::Q4_0 => 2,
-        QuantType::Q4_1 => 3,
-        QuantType::Q5_0 => 6,
-        QuantType::Q5_1 => 7,
-        QuantType::Q8_0 => 8,
-        QuantType::Q2K => 10,
-        QuantType::Q3K => 11,
-        QuantType::Q4K => 12,
-        QuantType::Q5K => 13,
-        QuantType::Q6K => 14,
-        QuantType::BF16 => 30,
     }
 }
 

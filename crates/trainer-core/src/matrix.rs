@@ -24,21 +24,9 @@ impl Packed {
 
     /// The packed type of a GGML type id, if this crate decodes it (`F32`, id 0, is not packed).
     pub(crate) fn from_ggml_id(id: u32) -> Option<Self> {
-        Some(Packed(match id {
-            1 => QuantType::F16,
-            30 => QuantType::BF16,
-            2 => QuantType::Q4_0,
-            3 => QuantType::Q4_1,
-            6 => QuantType::Q5_0,
-            7 => QuantType::Q5_1,
-            8 => QuantType::Q8_0,
-            10 => QuantType::Q2K,
-            11 => QuantType::Q3K,
-            12 => QuantType::Q4K,
-            13 => QuantType::Q5K,
-            14 => QuantType::Q6K,
-            _ => return None,
-        }))
+        QuantType::from_ggml_id(id)
+            .filter(|&t| t != QuantType::F32)
+            .map(Packed)
     }
 
     /// The name used in files and messages (`F16`, `Q4_K`, ...).

@@ -398,6 +398,14 @@ impl<'m> Trainer<'m> {
             lora_dropout: self.settings.dropout,
             neftune_alpha: self.config.neftune_alpha,
         };
+        let batch = engine::Batch {
+            ids: &ids,
+            b,
+            t,
+            rows: &rows,
+            targets: &targets,
+            total,
+        };
         let nll = match backend_for(self.model, self.config.backend)? {
             Backend::Autograd => {
                 let params: Vec<(&[f32], &[usize])> = self
@@ -414,17 +422,9 @@ impl<'m> Trainer<'m> {
                     lora_dropout: noise.lora_dropout,
                     neftune_alpha: noise.neftune_alpha,
                 };
-                let mbt = autograd::MicroBatch {
-                    ids: &ids,
-                    b,
-                    t,
-                    rows: &rows,
-                    targets: &targets,
-                    total,
-                };
                 autograd::micro_batch(
                     st,
-                    &mbt,
+                    &batch,
                     self.config.gradient_checkpointing,
                     &mut self.grads,
                 )?
@@ -433,14 +433,6 @@ impl<'m> Trainer<'m> {
                 let pins = Pins::new(&self.model.weights)?;
                 let extras = extras(&self.params, &self.slots, self.settings.scaling());
                 let net = Net::new(&self.model.config, &pins, extras)?;
-                let batch = engine::Batch {
-                    ids: &ids,
-                    b,
-                    t,
-                    rows: &rows,
-                    targets: &targets,
-                    total,
-                };
                 engine::micro_batch(
                     &net,
                     &batch,

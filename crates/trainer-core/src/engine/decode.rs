@@ -5,9 +5,9 @@
 use candle_core::Result;
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mode, Threads, View};
+use super::gemm::Mode;
 use super::kernels;
-use super::layer::LayerWeights;
+use super::layer::{lora_linear, LayerWeights};
 use super::net::Net;
 use super::product::x_wt;
 use super::workspace::Buf;
@@ -36,7 +36,7 @@ impl KvCache {
     }
 }
 
-/// `y[n, out] = x[n, in] Wᵀ (+ scale · (x Aᵀ) Bᵀ) (+ bias)` for module `m`.
+/// `y[n, out] = x[n, in] Wᵀ (+ scale · (x Aᵀ) Bᵀ) (+ bias)` for module `m`: training's product, without dropout.
 fn project(
     w: &LayerWeights,
     m: usize,
@@ -46,42 +46,7 @@ fn project(
     u: &mut Buf,
     panel: &mut Buf,
 ) -> Result<()> {
-    let weight = w.linears[m];
-    let (out, inp) = (weight.rows, weight.cols);
-    let y = y.fit(n * out);
-    x_wt(y, x, weight, n, Mode::Set, 1.0, panel)?;
-    if let Some(l) = &w.lora[m] {
-        let r = l.rank;
-        let u = u.fit(n * r);
-        let a = View::rows(l.a, 0, inp).t();
-        matmul(
-            u,
-            0,
-            r,
-            (n, r, inp),
-            View::rows(x, 0, inp),
-            a,
-            Mode::Set,
-            1.0,
-            Threads::Par,
-        )?;
-        let b = View::rows(l.b, 0, r).t();
-        matmul(
-            y,
-            0,
-            out,
-            (n, out, r),
-            View::rows(u, 0, r),
-            b,
-            Mode::Add,
-            l.scale,
-            Threads::Par,
-        )?;
-    }
-    if let (Some(bias), 0..=2) = (&w.bias, m) {
-        kernels::add_bias(y, bias[m]);
-    }
-    Ok(())
+    lora_linear(w, m, x, x, n, y.fit(n * w.linears[m].rows), u, panel)
 }
 
 /// Causal attention of the new queries (rows of `q`) at positions `p0..`, each over the cached keys/values up to

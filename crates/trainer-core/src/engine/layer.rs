@@ -75,28 +75,59 @@ fn project(
     noise: Option<&mut Noise>,
 ) -> Result<()> {
     let n = ctx.dims.n();
+    let Tmp { xm, panel, .. } = tmp;
+    let lora_in: &[f32] = match w.lora[m] {
+        Some(_) => {
+            ls.dropout = noise.and_then(|nz| nz.dropout());
+            match &ls.dropout {
+                Some(d) => {
+                    let xm = xm.fit(x.len());
+                    d.apply_into(x, xm);
+                    xm
+                }
+                None => x,
+            }
+        }
+        None => x,
+    };
+    lora_linear(
+        w,
+        m,
+        x,
+        lora_in,
+        n,
+        y.fit(n * w.linears[m].rows),
+        &mut ls.u,
+        panel,
+    )
+}
+
+/// `y[n, out] = x Wᵀ + scale · (lora_in Aᵀ) Bᵀ (+ bias)` for module `m`, with `u = lora_in Aᵀ` left in `u`: the
+/// product of a frozen linear and its LoRA pair, shared by training (`lora_in` is `x` after dropout) and
+/// generation.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lora_linear(
+    w: &LayerWeights,
+    m: usize,
+    x: &[f32],
+    lora_in: &[f32],
+    n: usize,
+    y: &mut [f32],
+    u: &mut Buf,
+    panel: &mut Buf,
+) -> Result<()> {
     let weight = w.linears[m];
     let (out, inp) = (weight.rows, weight.cols);
-    let y = y.fit(n * out);
-    x_wt(y, x, weight, n, Mode::Set, 1.0, &mut tmp.panel)?;
+    x_wt(y, x, weight, n, Mode::Set, 1.0, panel)?;
     if let Some(l) = &w.lora[m] {
-        ls.dropout = noise.and_then(|nz| nz.dropout());
-        let xm: &[f32] = match &ls.dropout {
-            Some(d) => {
-                let xm = tmp.xm.fit(x.len());
-                d.apply_into(x, xm);
-                xm
-            }
-            None => x,
-        };
         let r = l.rank;
-        let u = ls.u.fit(n * r);
+        let u = u.fit(n * r);
         matmul(
             u,
             0,
             r,
             (n, r, inp),
-            View::rows(xm, 0, inp),
+            View::rows(lora_in, 0, inp),
             View::rows(l.a, 0, inp).t(),
             Mode::Set,
             1.0,

@@ -56,6 +56,30 @@ impl QuantType {
         Self::Q6K,
     ];
 
+    /// ggml's type id (`enum ggml_type`), as GGUF files store it.
+    pub(crate) fn ggml_id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q2K => 10,
+            Self::Q3K => 11,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+            Self::BF16 => 30,
+        }
+    }
+
+    /// The type of a ggml type id, if this crate stores weights in it.
+    pub(crate) fn from_ggml_id(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.ggml_id() == id)
+    }
+
     /// The type of a candle GGML dtype; `None` for the ones this crate does not store weights in (`Q8_1`, `Q8K`:
     /// llama.cpp uses them only for activations).
     pub(crate) fn from_ggml(t: GgmlDType) -> Option<Self> {
