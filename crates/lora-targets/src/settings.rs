@@ -39,6 +39,10 @@ impl Default for LoraSettings {
 }
 
 impl LoraSettings {
+    /// The alpha of a rank-stabilised LoRA when none is given: the original's `lora_RS_alpha` default, so the
+    /// scale is `16 / sqrt(r)` (the plain default alpha 64 would make it four times larger).
+    pub const RSLORA_DEFAULT_ALPHA: f64 = 16.0;
+
     /// Checks every field; the error names the first bad one (PEFT's name for it).
     pub fn validate(&self) -> Result<(), Error> {
         if self.r == 0 {
