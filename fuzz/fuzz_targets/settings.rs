@@ -3,20 +3,32 @@
 //! are what `training_parameters.toml` records and read back unchanged (the run state a resume compares
 //! is built by `trainer_core::job` from these same values).
 //!
-//! `trainer-cli` is a binary, so this target compiles its settings module itself
-//! (`crates/trainer-cli/src/settings.rs`, which turns the settings into the library's types).
+//! The same text read as Training PRO's `training_parameters.json` (`--config FILE.json`): no panic; it maps
+//! or gives one line naming the file; what it maps is listed key by key.
+//!
+//! `trainer-cli` is a binary, so this target compiles its settings modules itself
+//! (`crates/trainer-cli/src/settings.rs`, which turns the settings into the library's types, and the
+//! `sources.rs` and `original_config.rs` beside it).
 #![no_main]
 
 #[allow(dead_code)]
+#[path = "../../crates/trainer-cli/src/original_config.rs"]
+mod original_config;
+#[allow(dead_code)]
 #[path = "../../crates/trainer-cli/src/settings.rs"]
 mod settings;
+#[allow(dead_code)]
+#[path = "../../crates/trainer-cli/src/sources.rs"]
+mod sources;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
 use clap::Parser;
 use libfuzzer_sys::fuzz_target;
+use original_config::OriginalConfig;
 use settings::{SettingFlags, Settings};
+use sources::Sources;
 
 /// The settings flags of `train`, alone.
 #[derive(Debug, Parser)]
@@ -32,10 +44,42 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(parts.next().unwrap_or_default());
     let args: Vec<OsString> = parts.map(|p| OsString::from_vec(p.to_vec())).collect();
 
+    let path = std::path::Path::new("training_parameters.json");
+    match OriginalConfig::parse(path, &text) {
+        Ok(mut original) => {
+            let (mut s, mut sources) = (Settings::default(), Sources::default());
+            match original.apply(&mut s, &mut sources) {
+                Ok(()) => {
+                    original
+                        .finish(&mut s, &sources)
+                        .expect("micro-steps convert again");
+                    let listing = original.listing(&s, &sources);
+                    assert!(listing.lines().count() > 0);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("training_parameters.json") && !msg.contains('\n'),
+                        "{msg:?}"
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("training_parameters.json") && !msg.contains('\n'),
+                "{msg:?}"
+            );
+        }
+    }
+
     let mut s = match Settings::from_toml(&text) {
         Ok(s) => {
             // A file that reads is one the program can write back.
-            let again = s.to_toml().expect("a settings file that reads can be written");
+            let again = s
+                .to_toml()
+                .expect("a settings file that reads can be written");
             let back = Settings::from_toml(&again).expect("written settings read back");
             assert_eq!(back.to_toml().unwrap(), again, "to_toml is not stable");
             s

@@ -1,8 +1,8 @@
 //! `init_adapter`: a new run that starts from an existing adapter's weights. Its rank, scale, targets and
-//! trained head come from the adapter; a setting for one of them given explicitly (a flag, or a key of the
-//! `--config` file) that disagrees with the adapter is an error.
+//! trained head come from the adapter; a setting for one of them given explicitly (a flag, a key of a TOML
+//! `--config` file, or the key of a `training_parameters.json` that maps to it) that disagrees with the adapter
+//! is an error naming where the value came from.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -10,35 +10,11 @@ use anyhow::{bail, Context, Result};
 use lora_targets::{LoraSettings, Targets};
 use trainer_core::{Adapter, Model};
 
-use crate::settings::{Named, SettingFlags, Settings};
+use crate::settings::{Named, Settings};
+use crate::sources::{Source, Sources};
 
 /// The LoRA-shape settings an adapter decides.
 const DECIDED: [&str; 5] = ["rank", "alpha", "rslora", "targets", "train_head"];
-
-/// Which of [`DECIDED`] the user gave: as flags, or as keys of the config file.
-pub fn explicit(config: Option<&Path>, flags: &SettingFlags) -> Result<BTreeSet<&'static str>> {
-    let mut out = BTreeSet::new();
-    let f = &flags.run;
-    for (key, given) in [
-        ("rank", f.rank.is_some()),
-        ("alpha", f.alpha.is_some()),
-        ("rslora", f.rslora.is_some()),
-        ("targets", f.targets.is_some()),
-        ("train_head", f.train_head.is_some()),
-    ] {
-        if given {
-            out.insert(key);
-        }
-    }
-    if let Some(path) = config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
-        out.extend(DECIDED.iter().filter(|k| table.contains_key(**k)));
-    }
-    Ok(out)
-}
 
 /// The one-line PEFT command that rewrites a pickle adapter as safetensors.
 fn bin_hint(path: &Path) -> String {
@@ -53,12 +29,14 @@ fn bin_hint(path: &Path) -> String {
 }
 
 /// Loads `settings.init_adapter` for `model` and makes `settings` and `lora` take its rank, alpha, rsLoRA,
-/// targets and trained head (keeping the run's dropout); `None` when no adapter is set.
+/// targets and trained head (keeping the run's dropout), recording the adapter as their source; `None` when
+/// no adapter is set. A setting the user gave (`sources`) that disagrees with the adapter is an error naming
+/// where it came from.
 pub fn apply(
     settings: &mut Settings,
     lora: &mut LoraSettings,
     model: &Model,
-    explicit: &BTreeSet<&'static str>,
+    sources: &mut Sources,
 ) -> Result<Option<Adapter>> {
     let path = settings.init_adapter.clone();
     if path.as_os_str().is_empty() {
@@ -74,21 +52,32 @@ pub fn apply(
     let adapter = Adapter::open(&path, model)
         .with_context(|| format!("setting `init_adapter`: cannot load {}", path.display()))?;
     let a = adapter.settings().clone();
+    let explicit = |key: &str| sources.is_explicit(key);
+    // Where a value the user gave came from ("the adapter" for one taken from it).
+    let from = |key: &str| {
+        if explicit(key) {
+            sources.get(key).to_string()
+        } else {
+            "the adapter".to_string()
+        }
+    };
     let mut conflicts = Vec::new();
-    if explicit.contains("rank") && settings.rank != a.r {
+    if explicit("rank") && settings.rank != a.r {
         conflicts.push(format!(
-            "rank = {} (the adapter has {})",
-            settings.rank, a.r
+            "rank = {} (from {}; the adapter has {})",
+            settings.rank,
+            from("rank"),
+            a.r
         ));
     }
-    if explicit.contains("alpha") || explicit.contains("rslora") {
+    if explicit("alpha") || explicit("rslora") {
         let asked = LoraSettings {
-            alpha: if explicit.contains("alpha") {
+            alpha: if explicit("alpha") {
                 settings.alpha
             } else {
                 a.alpha
             },
-            use_rslora: if explicit.contains("rslora") {
+            use_rslora: if explicit("rslora") {
                 settings.rslora
             } else {
                 a.use_rslora
@@ -97,9 +86,11 @@ pub fn apply(
         };
         if (asked.scaling() - a.scaling()).abs() > 1e-9 * a.scaling().abs().max(1.0) {
             conflicts.push(format!(
-                "alpha = {}, rslora = {} give the scale {} (the adapter's is {}: alpha {}, rslora {})",
+                "alpha = {} (from {}), rslora = {} (from {}) give the scale {} (the adapter's is {}: alpha {}, rslora {})",
                 asked.alpha,
+                from("alpha"),
                 asked.use_rslora,
+                from("rslora"),
                 asked.scaling(),
                 a.scaling(),
                 a.alpha,
@@ -112,18 +103,21 @@ pub fn apply(
         v.sort();
         v
     };
-    if explicit.contains("targets") && sorted(&lora.target_modules) != sorted(&a.target_modules) {
+    if explicit("targets") && sorted(&lora.target_modules) != sorted(&a.target_modules) {
         conflicts.push(format!(
-            "targets = {} (the adapter has {})",
+            "targets = {} (from {}; the adapter has {})",
             sorted(&lora.target_modules).join(","),
+            from("targets"),
             sorted(&a.target_modules).join(",")
         ));
     }
     let head = !a.modules_to_save.is_empty();
-    if explicit.contains("train_head") && settings.train_head != head {
+    if explicit("train_head") && settings.train_head != head {
         conflicts.push(format!(
-            "train_head = {} (the adapter has {})",
-            settings.train_head, head
+            "train_head = {} (from {}; the adapter has {})",
+            settings.train_head,
+            from("train_head"),
+            head
         ));
     }
     if !conflicts.is_empty() {
@@ -141,6 +135,10 @@ pub fn apply(
             .map_err(|e| anyhow::anyhow!("setting `init_adapter`: the adapter's targets: {e}"))?,
     );
     settings.train_head = head;
+    let taken: Vec<&str> = DECIDED.into_iter().filter(|k| !explicit(k)).collect();
+    for key in taken {
+        sources.set(key, Source::Adapter(path.clone()));
+    }
     *lora = LoraSettings {
         dropout: lora.dropout,
         ..a

@@ -15,10 +15,12 @@ mod init_adapter;
 mod lock;
 mod model_files;
 mod observer;
+mod original_config;
 mod plot;
 mod schedule;
 mod settings;
 mod signals;
+mod sources;
 mod tools;
 mod train;
 

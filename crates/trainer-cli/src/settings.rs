@@ -5,7 +5,7 @@
 //! with the key it belongs to; the `to_*` methods build the library objects of a job.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
@@ -87,6 +87,13 @@ macro_rules! settings {
                 /// Writes the flags the user gave into `s`.
                 pub fn apply_to(&self, s: &mut Settings) {
                     $( if let Some(v) = &self.$name { s.$name = v.clone(); } )*
+                }
+
+                /// The keys of the flags the user gave.
+                pub fn given(&self) -> Vec<&'static str> {
+                    let mut keys = Vec::new();
+                    $( if self.$name.is_some() { keys.push(stringify!($name)); } )*
+                    keys
                 }
             }
         )*
@@ -230,18 +237,26 @@ impl Settings {
         flags.run.apply_to(self);
     }
 
-    /// Reads a TOML config file; an unknown key is an error naming it.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("config {}", path.display()))
+    /// The keys of the flags the user gave.
+    pub fn given(flags: &SettingFlags) -> Vec<&'static str> {
+        let mut keys = flags.slicing.given();
+        keys.extend(flags.run.given());
+        keys
     }
 
-    /// Parses TOML text. Files written before the slicing mode was one setting hold `dementor = true|false`
-    /// instead of `mode`; that key is still read.
+    /// Parses TOML text over the defaults (as [`Settings::overlay_toml`]; the program reads its files through
+    /// `sources::Resolved`, the tests and the settings fuzz target through this).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn from_toml(text: &str) -> Result<Self> {
-        let one_line =
-            |e: toml::de::Error| anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " "));
+        let mut s = Settings::default();
+        s.overlay_toml(text)?;
+        Ok(s)
+    }
+
+    /// Reads TOML text over these settings: the file's keys replace their values, the others stay; an unknown
+    /// key is an error naming it. Returns the keys the file set. Files written before the slicing mode was one
+    /// setting hold `dementor = true|false` instead of `mode`; that key is still read (as `mode`).
+    pub fn overlay_toml(&mut self, text: &str) -> Result<Vec<String>> {
         let mut table: toml::Table = toml::from_str(text).map_err(one_line)?;
         if let Some(toml::Value::Boolean(dementor)) = table.get("dementor").cloned() {
             table.remove("dementor");
@@ -269,13 +284,48 @@ impl Settings {
                 toml::Value::String(names.join(",")),
             );
         }
-        table.try_into().map_err(one_line)
+        let keys = table.keys().cloned().collect();
+        self.merge(table)?;
+        Ok(keys)
+    }
+
+    /// Sets one key from a TOML value, read as the config file reads it (the same types, names and errors).
+    pub fn set_key(&mut self, key: &str, value: toml::Value) -> Result<()> {
+        let mut table = toml::Table::new();
+        table.insert(key.to_string(), value);
+        self.merge(table)
+    }
+
+    /// The value of `key` as TOML (`None` for an unknown key).
+    pub fn value_of(&self, key: &str) -> Option<toml::Value> {
+        match toml::Value::try_from(self).ok()? {
+            toml::Value::Table(mut t) => t.remove(key),
+            _ => None,
+        }
+    }
+
+    /// Replaces the values of `table`'s keys, through the settings' deserializer (unknown keys and wrong
+    /// types are errors naming the key); nothing changes on an error.
+    fn merge(&mut self, table: toml::Table) -> Result<()> {
+        let mut all = match toml::Value::try_from(&*self) {
+            Ok(toml::Value::Table(t)) => t,
+            Ok(_) => anyhow::bail!("settings are not a TOML table"),
+            Err(e) => anyhow::bail!("settings cannot be written as TOML: {e}"),
+        };
+        all.extend(table);
+        *self = all.try_into().map_err(one_line)?;
+        Ok(())
     }
 
     /// The TOML text of these settings (what `training_parameters.toml` holds).
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string(self)?)
     }
+}
+
+/// A TOML error as one line.
+fn one_line(e: toml::de::Error) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " "))
 }
 
 /// A setting that is out of range, with the key it belongs to (to show it next to the field).

@@ -23,13 +23,16 @@ use crate::model_files::{load_model_with, mib};
 use crate::observer::{CliObserver, ProgressMode};
 use crate::settings::{SettingFlags, Settings};
 use crate::signals;
+use crate::sources::Resolved;
 
 /// Arguments of `trainer-cli train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// A TOML file with settings (the keys of training_parameters.toml); flags override it.
+    /// A settings file: TOML (the keys of training_parameters.toml), or Training PRO's training_parameters.json
+    /// (a name ending in .json, mapped key by key; --dry-run lists what each key became). Repeatable: later files
+    /// win over earlier ones, flags over every file.
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub config: Vec<PathBuf>,
     /// Print the resolved settings, data summary, step plan and first blocks, write the LR preview, and exit.
     #[arg(long)]
     pub dry_run: bool,
@@ -64,47 +67,36 @@ struct Prepared {
     plan: TrainingPlan,
 }
 
-/// The settings of this invocation: the config file (or, when resuming, the run's own
-/// training_parameters.toml), then the flags.
-fn resolve_settings(args: &TrainArgs) -> Result<Settings> {
-    let mut settings = match (&args.config, &args.resume) {
-        (Some(path), _) => Settings::from_file(path)?,
-        (None, Some(_)) => {
-            let out = args.settings.run.output.clone().unwrap_or_default();
-            if out.as_os_str().is_empty() {
-                bail!("--resume needs --output DIR: the folder of the run to continue");
-            }
-            if !out.is_dir() {
-                bail!(
-                    "--resume: output folder {} does not exist or is not a folder: give the --output of the run to continue",
-                    out.display()
-                );
-            }
-            let saved = out.join(PARAMETERS_FILE);
-            if saved.is_file() {
-                Settings::from_file(&saved)?
-            } else {
-                Settings::default()
-            }
+/// The settings of this invocation and their sources: the config files (or, when resuming without one, the
+/// run's own training_parameters.toml), then the flags.
+fn resolve_settings(args: &TrainArgs) -> Result<Resolved> {
+    let mut configs = args.config.clone();
+    if configs.is_empty() && args.resume.is_some() {
+        let out = args.settings.run.output.clone().unwrap_or_default();
+        if out.as_os_str().is_empty() {
+            bail!("--resume needs --output DIR: the folder of the run to continue");
         }
-        (None, None) => Settings::default(),
-    };
-    settings.apply(&args.settings);
-    if let Some(dementor) = args.dementor {
-        settings.mode.0 = if dementor {
-            prts_chunker::Mode::Dementor
-        } else {
-            prts_chunker::Mode::Precise
-        };
+        if !out.is_dir() {
+            bail!(
+                "--resume: output folder {} does not exist or is not a folder: give the --output of the run to continue",
+                out.display()
+            );
+        }
+        let saved = out.join(PARAMETERS_FILE);
+        if saved.is_file() {
+            configs.push(saved);
+        }
     }
-    settings.validate()?;
+    let resolved = Resolved::new(&configs, &args.settings, args.dementor)?;
+    resolved.validate()?;
+    let settings = &resolved.settings;
     if settings.model.as_os_str().is_empty() {
         bail!("no model: give --model PATH (a Hugging Face folder or a .gguf file)");
     }
     if settings.text.as_os_str().is_empty() && settings.dataset.as_os_str().is_empty() {
         bail!("no training data: give --text FILE|DIR, --dataset FILE, or both (hybrid)");
     }
-    Ok(settings)
+    Ok(resolved)
 }
 
 /// Reads the data (before the slower model load, so a bad file fails fast), loads the model, encodes and plans.
@@ -157,8 +149,10 @@ fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
 }
 
 /// Prints what `--dry-run` shows and writes the LR preview.
-fn dry_run(s: &Settings, p: &Prepared, show: usize) -> Result<()> {
+fn dry_run(r: &Resolved, p: &Prepared, show: usize) -> Result<()> {
+    let s = &r.settings;
     println!("# resolved settings\n{}", s.to_toml()?);
+    println!("{}", r.text());
     println!("# data\n{}", p.data.summary_text(s.eval_every()));
     println!(
         "lora:           r={} alpha={} scale={:.4} targets={}",
@@ -222,8 +216,8 @@ fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
 
 /// Runs `trainer-cli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    let settings = resolve_settings(args)?;
-    let output = settings.output.clone();
+    let mut resolved = resolve_settings(args)?;
+    let output = resolved.settings.output.clone();
     let store = DirStore::new(&output);
     // The output-folder lock, held until this function returns (the whole run), taken before anything in
     // the folder is looked at, cleaned, deleted or written. `--dry-run` takes none: it writes only
@@ -261,22 +255,31 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             }
         }
     }
-    let mut settings = settings;
-    let mut p = prepare(&settings, false)?;
+    if !args.dry_run {
+        for original in &resolved.originals {
+            eprintln!("note: {}", original.summary());
+        }
+    }
+    let mut p = prepare(&resolved.settings, false)?;
     // A resumed run continues from its checkpoint; its saved settings already hold the adapter's values.
     let init = if args.resume.is_none() {
-        let explicit = init_adapter::explicit(args.config.as_deref(), &args.settings)?;
-        init_adapter::apply(&mut settings, &mut p.lora, &p.model, &explicit)?
+        init_adapter::apply(
+            &mut resolved.settings,
+            &mut p.lora,
+            &p.model,
+            &mut resolved.sources,
+        )?
     } else {
         None
     };
+    let settings = resolved.settings.clone();
     let formats = settings.adapter_formats.0.resolve(&p.model, &p.lora)?;
     if let Some(warning) = &formats.warning {
         eprintln!("warning: {warning}");
     }
     dump_if_asked(&p, args.dump_dataset.as_deref())?;
     if args.dry_run {
-        dry_run(&settings, &p, args.show_blocks)?;
+        dry_run(&resolved, &p, args.show_blocks)?;
         return Ok(ExitCode::SUCCESS);
     }
     if resume_dir.is_none() {
@@ -358,11 +361,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
 /// Runs `trainer-cli check`: the original's "Verify dataset", with exact numbers and suggestions, without
 /// training or writing anything.
 pub fn check(args: &TrainArgs) -> Result<ExitCode> {
-    let s = resolve_settings(args)?;
-    let mut s = s;
-    let mut p = prepare(&s, true)?;
-    let explicit = init_adapter::explicit(args.config.as_deref(), &args.settings)?;
-    init_adapter::apply(&mut s, &mut p.lora, &p.model, &explicit)?;
+    let mut r = resolve_settings(args)?;
+    let mut p = prepare(&r.settings, true)?;
+    init_adapter::apply(&mut r.settings, &mut p.lora, &p.model, &mut r.sources)?;
+    let s = r.settings;
     if let Some(warning) = s.adapter_formats.0.resolve(&p.model, &p.lora)?.warning {
         eprintln!("warning: {warning}");
     }
