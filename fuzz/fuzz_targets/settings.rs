@@ -8,11 +8,11 @@
 //!
 //! `trainer-cli` is a binary, so this target compiles its settings modules itself
 //! (`crates/trainer-cli/src/settings.rs`, which turns the settings into the library's types, and the
-//! `sources.rs` and `original_config.rs` beside it).
+//! `sources.rs` and `original_config/` beside it).
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../crates/trainer-cli/src/original_config.rs"]
+#[path = "../../crates/trainer-cli/src/original_config/mod.rs"]
 mod original_config;
 #[allow(dead_code)]
 #[path = "../../crates/trainer-cli/src/settings.rs"]
