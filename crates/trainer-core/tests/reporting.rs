@@ -74,7 +74,7 @@ fn tensorboard_files_hold_the_training_log_and_a_resume_adds_a_file() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out");
     job(&model, &out, None).run().unwrap();
-    let log = read_log(&out.join(LOG_FILE)).unwrap().records;
+    let log = read_log(out.join(LOG_FILE)).unwrap().records;
     assert_eq!(log.len(), 5);
     let files = read_event_dir(&out.join(RUNS_DIR)).unwrap();
     assert_eq!(files.len(), 1);
@@ -113,7 +113,7 @@ fn tensorboard_files_hold_the_training_log_and_a_resume_adds_a_file() {
     assert!(again[1].session_start && again[1].step == 3, "{again:?}");
     let steps: Vec<i64> = again[2..].iter().map(|e| e.step).collect();
     assert_eq!(steps, [3, 4, 5]);
-    let log = read_log(&out.join(LOG_FILE)).unwrap().records;
+    let log = read_log(out.join(LOG_FILE)).unwrap().records;
     assert_eq!(
         scalar(&again[4], "train/loss"),
         log[7].loss.map(|v| v as f32)

@@ -146,7 +146,7 @@ impl Optimizer {
         match *self {
             Optimizer::AdamW => {}
             Optimizer::Sgd(p) => {
-                if !(p.momentum >= 0.0 && p.momentum.is_finite()) || !p.dampening.is_finite() {
+                if !(p.momentum >= 0.0 && p.momentum.is_finite() && p.dampening.is_finite()) {
                     return bad("momentum must be a finite number >= 0 and dampening finite");
                 }
                 if p.nesterov && (p.momentum <= 0.0 || p.dampening != 0.0) {
@@ -154,8 +154,11 @@ impl Optimizer {
                 }
             }
             Optimizer::Adagrad(p) => {
-                if !(p.lr_decay >= 0.0 && p.eps >= 0.0 && p.initial_accumulator_value >= 0.0)
-                    || !(p.lr_decay + p.eps + p.initial_accumulator_value).is_finite()
+                let sum = p.lr_decay + p.eps + p.initial_accumulator_value;
+                if !(p.lr_decay >= 0.0
+                    && p.eps >= 0.0
+                    && p.initial_accumulator_value >= 0.0
+                    && sum.is_finite())
                 {
                     return bad(
                         "lr_decay, eps and initial_accumulator_value must be finite numbers >= 0",
@@ -163,8 +166,8 @@ impl Optimizer {
                 }
             }
             Optimizer::Adafactor(p) => {
-                if !(p.clip_threshold > 0.0 && p.eps.0 >= 0.0 && p.eps.1 >= 0.0)
-                    || !(p.clip_threshold + p.eps.0 + p.eps.1 + p.decay_rate).is_finite()
+                let sum = p.clip_threshold + p.eps.0 + p.eps.1 + p.decay_rate;
+                if !(p.clip_threshold > 0.0 && p.eps.0 >= 0.0 && p.eps.1 >= 0.0 && sum.is_finite())
                 {
                     return bad("clip_threshold must be > 0, eps1 and eps2 >= 0, all finite");
                 }

@@ -274,11 +274,14 @@ fn adafactor_update(
                 *cv = *cv * keep + add * mean as f32;
             }
             let row_mean = (row.iter().map(|&x| f64::from(x)).sum::<f64>() / rows as f64) as f32;
-            for r in 0..rows {
-                let rf = 1.0 / (row[r] / row_mean).sqrt();
-                for c in 0..cols {
-                    let i = r * cols + c;
-                    update[i] = rf * (1.0 / col[c].sqrt()) * grad[i];
+            for ((rv, u), g) in row
+                .iter()
+                .zip(update.chunks_mut(cols))
+                .zip(grad.chunks(cols))
+            {
+                let rf = 1.0 / (rv / row_mean).sqrt();
+                for ((u, &g), cv) in u.iter_mut().zip(g).zip(col.iter()) {
+                    *u = rf * (1.0 / cv.sqrt()) * g;
                 }
             }
         }
