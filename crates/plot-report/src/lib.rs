@@ -61,7 +61,7 @@ mod text;
 
 pub use error::Error;
 pub use graph::{render, GraphOptions};
-pub use log::{read_log, LogRecord, RunLog};
+pub use log::{read_log, ControlRecord, ControlResult, LogRecord, RunLog};
 pub use schedule::{render_schedule, render_schedule_with, ScheduleOptions};
 pub use tensorboard::{
     parse_events, read_event_dir, read_event_file, EventWriter, TbEvent, EVENTS_FILE_PREFIX,

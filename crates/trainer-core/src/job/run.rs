@@ -24,8 +24,8 @@ impl Job<'_> {
     ///
     /// After every optimizer step: divergence checks (a non-finite loss, gradient norm or updated weight is
     /// [`Error::Diverged`]: that step is neither saved nor logged), the eval set at its cadence, the control
-    /// input, the checkpoint policy's saves, deletes and stops, one log record (and TensorBoard event), the
-    /// observer.
+    /// input, the checkpoint policy's saves, deletes and stops, one log record (with the control commands'
+    /// outcomes; and a TensorBoard event), the observer.
     pub fn run(mut self) -> Result<Report> {
         let steps = self.plan.steps.clone();
         let (total, per_epoch) = (steps.total_steps, steps.steps_per_epoch);
@@ -120,6 +120,7 @@ impl Job<'_> {
                 Some(control) => control.poll(),
                 None => Vec::new(),
             };
+            let mut control_log = Vec::new();
             for command in polled {
                 let outcome = match command {
                     Ok(ControlCommand::SaveNow) => {
@@ -144,6 +145,7 @@ impl Job<'_> {
                     }
                     Err(reason) => ControlOutcome::Unreadable { reason },
                 };
+                control_log.push(outcome.log_record());
                 self.observer.on_control(&outcome);
             }
             if self.interrupter.should_stop() {
@@ -160,6 +162,7 @@ impl Job<'_> {
                 tokens_per_s: Some(stats.tokens as f64 / seconds.max(1e-9)),
                 time_s: Some(started.elapsed().as_secs_f64()),
                 eval_loss,
+                control: control_log,
                 ..LogRecord::default()
             };
             let actions = self.policy.decide(&event);
