@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong reading a training log or rendering a graph.
+/// Everything that can go wrong reading a training log, rendering a graph or writing and reading TensorBoard
+/// events.
 ///
 /// Each message names the file (and line or field) and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,16 @@ pub enum Error {
         /// 1-based line number.
         line: usize,
         /// What is wrong with it.
+        message: String,
+    },
+    /// A TensorBoard events file is damaged or cut short.
+    #[error("{origin}: record at byte {offset}: {message} (not a whole TensorBoard events file)")]
+    BadEvents {
+        /// The file (or what the bytes came from).
+        origin: String,
+        /// Byte offset of the record.
+        offset: u64,
+        /// What is wrong.
         message: String,
     },
     /// There is nothing to draw.

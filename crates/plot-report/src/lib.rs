@@ -10,6 +10,9 @@
 //! what it lacked. [`render_schedule`] draws the LR curve alone, for a preview
 //! before any model is loaded.
 //!
+//! [`EventWriter`] writes the same figures as TensorBoard event files (`events.out.tfevents.*`) and
+//! [`read_event_dir`] reads them back.
+//!
 //! The font (DejaVu Sans) is embedded, so rendering needs no system font
 //! library. PNGs are written to a temporary file and renamed into place.
 //!
@@ -53,9 +56,14 @@ mod graph;
 mod log;
 mod schedule;
 mod smooth;
+mod tensorboard;
 mod text;
 
 pub use error::Error;
 pub use graph::{render, GraphOptions};
-pub use log::{read_log, LogRecord, RunLog};
+pub use log::{read_log, ControlRecord, ControlResult, LogRecord, RunLog};
 pub use schedule::{render_schedule, render_schedule_with, ScheduleOptions};
+pub use tensorboard::{
+    parse_events, read_event_dir, read_event_file, EventWriter, TbEvent, EVENTS_FILE_PREFIX,
+    FILE_VERSION,
+};

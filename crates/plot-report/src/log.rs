@@ -38,6 +38,61 @@ pub struct LogRecord {
     /// Seconds since the run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_s: Option<f64>,
+    /// Live-control commands handled after this step, in the order they arrived, with what the run did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control: Vec<ControlRecord>,
+}
+
+/// A live-control command as the training log records it: `{"command":"save-now","outcome":"applied"}`,
+/// `{"command":"set","assignment":"stop_at_loss=1.5","outcome":"applied"}`,
+/// `{"command":"set","assignment":"rank=2","outcome":"rejected","reason":"..."}`,
+/// `{"outcome":"unreadable","reason":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRecord {
+    /// `save-now`, `stop` or `set` (absent for an input that was not a command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The `KEY=VALUE` of a `set`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<String>,
+    /// What the run did with it.
+    pub outcome: ControlResult,
+    /// Why it was rejected or unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What became of a live-control command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlResult {
+    /// Applied at this step.
+    Applied,
+    /// Refused (an unknown key or a bad value); the run went on unchanged.
+    Rejected,
+    /// Not a command; skipped.
+    Unreadable,
+}
+
+impl ControlRecord {
+    fn check(&self, i: usize) -> Result<(), String> {
+        let at = format!("`control[{i}]`");
+        match (self.outcome, &self.command, &self.reason) {
+            (ControlResult::Unreadable, Some(_), _) => {
+                Err(format!("{at} is unreadable but names a `command`"))
+            }
+            (ControlResult::Applied | ControlResult::Rejected, None, _) => {
+                Err(format!("{at} has no `command`"))
+            }
+            (ControlResult::Rejected | ControlResult::Unreadable, _, None) => {
+                Err(format!("{at} has no `reason`"))
+            }
+            _ if self.assignment.is_some() != (self.command.as_deref() == Some("set")) => Err(
+                format!("{at}: an `assignment` belongs to a `set` command, and a `set` needs one"),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl LogRecord {
@@ -65,6 +120,9 @@ impl LogRecord {
             if let Some(v) = value.filter(|v| *v < 0.0) {
                 return Err(format!("`{field}` is {v}, expected a number >= 0"));
             }
+        }
+        for (i, c) in self.control.iter().enumerate() {
+            c.check(i)?;
         }
         Ok(())
     }
@@ -188,6 +246,30 @@ mod tests {
     }
 
     #[test]
+    fn control_outcomes_read_and_write_as_documented() {
+        let text = concat!(
+            r#"{"step":3,"epoch":0.3,"control":[{"command":"set","assignment":"rank=2","outcome":"rejected","reason":"cannot be changed"},"#,
+            r#"{"command":"save-now","outcome":"applied"},{"outcome":"unreadable","reason":"not json"}]}"#,
+            "\n"
+        );
+        let log = RunLog::parse(text, "t").unwrap();
+        let c = &log.records[0].control;
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].assignment.as_deref(), Some("rank=2"));
+        assert_eq!(
+            (c[1].command.as_deref(), c[1].outcome),
+            (Some("save-now"), ControlResult::Applied)
+        );
+        assert_eq!(
+            (c[2].command.as_ref(), c[2].outcome),
+            (None, ControlResult::Unreadable)
+        );
+        assert_eq!(log.records[0].to_json_line(), text);
+        // A step without control commands writes no `control` field.
+        assert!(!LogRecord::default().to_json_line().contains("control"));
+    }
+
+    #[test]
     fn bad_lines_are_named() {
         let cases = [
             ("{\"step\": 1, \"epoch\": 0}\n{\"step\": 2}\n", 2, "epoch"),
@@ -200,6 +282,26 @@ mod tests {
             ("{\"step\": 1, \"epoch\": -0.5}", 1, "`epoch` is -0.5"),
             ("{\"step\": 1, \"epoch\": 0, \"lr\": -1}", 1, "`lr` is -1"),
             ("{\"step\": 1, \"epoch\": 0, \"loss\": 1.2", 1, "EOF"),
+            (
+                r#"{"step": 1, "epoch": 0, "control": [{"outcome": "applied"}]}"#,
+                1,
+                "`control[0]` has no `command`",
+            ),
+            (
+                r#"{"step": 1, "epoch": 0, "control": [{"command": "set", "outcome": "rejected"}]}"#,
+                1,
+                "`control[0]` has no `reason`",
+            ),
+            (
+                r#"{"step": 1, "epoch": 0, "control": [{"command": "stop", "assignment": "x=1", "outcome": "applied"}]}"#,
+                1,
+                "`assignment` belongs to a `set`",
+            ),
+            (
+                r#"{"step": 1, "epoch": 0, "control": [{"command": "stop", "outcome": "done"}]}"#,
+                1,
+                "unknown variant",
+            ),
         ];
         for (text, line, want) in cases {
             match RunLog::parse(text, "log.jsonl") {

@@ -4,3 +4,5 @@
 mod render;
 // Reading `training_log.jsonl` files.
 mod read;
+// TensorBoard event files: written, read back, damage detected.
+mod tensorboard;

@@ -2,11 +2,11 @@
 //! set, batch 4 x 256 tokens of KJV text, f32.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [autograd] [ckpt] [dropout=P] [base=f32|keep] [batch=B] [seq=T]
+//! RAYON_NUM_THREADS=2 cargo run --release -p trainer-core --example bench_train -- [qv|all] [steps] [autograd] [ckpt] [dropout=P] [base=f32|keep] [batch=B] [seq=T] [optimizer=NAME]
 //! ```
 //! LoRA dropout is 0 unless `dropout=P` is given (the comparison with PyTorch uses 0). `base=` chooses how the
 //! frozen weights are held (default `f32`, the form PyTorch trains in; `keep`: as stored in the file). `batch=`
-//! and `seq=` set the micro-batch (default 4 × 256).
+//! and `seq=` set the micro-batch (default 4 × 256); `optimizer=` names the optimizer (default adamw).
 //! Backend: the CPU engine by default; `autograd` = candle's autograd over the composed decoder ops (the GPU path
 //! and the engine's test oracle; needs about 10 GB at this batch size).
 //! The model path comes from `TRAINER_TEST_MODEL` (default `models/SmolLM2-135M-Instruct.Q4_1.gguf`). Run one
@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use candle_core::Device;
 use lora_targets::LoraSettings;
-use trainer_core::{Backend, BaseWeights, LoadOptions, Model, Sample, TrainConfig, Trainer};
+use trainer_core::{
+    Backend, BaseWeights, LoadOptions, Model, Optimizer, Sample, TrainConfig, Trainer,
+};
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -62,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let batch: usize = opt("batch=").map_or(Ok(4), str::parse)?;
     let seq: usize = opt("seq=").map_or(Ok(256), str::parse)?;
+    let (optimizer, _) = Optimizer::from_name(opt("optimizer=").unwrap_or("adamw"))?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let path = std::env::var_os("TRAINER_TEST_MODEL").map_or_else(
         || root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -94,6 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..LoraSettings::default()
     };
     let config = TrainConfig {
+        optimizer,
         gradient_checkpointing: checkpointing,
         backend: if autograd {
             Backend::Autograd
@@ -130,9 +134,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let median = times[times.len() / 2];
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!(
-        "targets={targets} kernels={} checkpointing={checkpointing} dropout={dropout} threads={threads} batch={batch}x{seq} r=8 \
+        "optimizer={} targets={targets} kernels={} checkpointing={checkpointing} dropout={dropout} threads={threads} batch={batch}x{seq} r=8 \
          trainable={} load={load_s:.2}s rss_after_load={rss_after_load:.0}MB base={} weights={:?} \
          resident_weights_mb={:.0} workspace_mb={:.0}",
+        optimizer.name(),
         if autograd {
             "autograd"
         } else {

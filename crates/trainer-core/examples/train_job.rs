@@ -1,13 +1,14 @@
 //! A whole Training PRO job from Rust: raw text through the PRTS chunker, a LoRA on q/v, 4 steps, a checkpoint
-//! every 2, live control. `cargo run --release -p trainer-core --example train_job` (model: as the tests find it).
+//! every 2, live control, TensorBoard files. `cargo run --release -p trainer-core --example train_job [OPTIMIZER]
+//! [OUTPUT]` (model: as the tests find it; optimizer: adamw; output: a temporary folder).
 #![allow(clippy::field_reassign_with_default)] // settings read best as "the defaults, but this"
 
 use std::path::PathBuf;
 
 use lora_targets::{LoraSettings, Targets};
 use trainer_core::job::{ControlFile, DataFiles, DataSources, DirStore, Flow, Job, Observer};
-use trainer_core::job::{PlanSettings, Saved, TrainingData, TrainingPlan};
-use trainer_core::Model;
+use trainer_core::job::{PlanSettings, ReportTo, Saved, TrainingData, TrainingPlan};
+use trainer_core::{Model, Optimizer, TrainConfig};
 
 /// Prints each step and checkpoint (a library never prints: its caller does).
 struct Print;
@@ -43,12 +44,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .resolve(model.config().model_type.parse()?, &model.linear_modules())?;
     let mut policy = checkpoint_policy::Settings::default();
     policy.save_every = Some(2);
-    let out = tempfile::tempdir()?;
-    let report = Job::builder(&model, data, DirStore::new(out.path()))
+    let mut args = std::env::args().skip(1);
+    let (optimizer, note) = Optimizer::from_name(&args.next().unwrap_or_else(|| "adamw".into()))?;
+    if let Some(note) = note {
+        println!("note: {note}");
+    }
+    let tmp = tempfile::tempdir()?;
+    let out = args
+        .next()
+        .map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
+    let store = DirStore::new(&out);
+    store.prepare_new(true)?;
+    let report = Job::builder(&model, data, store)
         .lora(lora)
+        .train_config(TrainConfig {
+            optimizer,
+            ..TrainConfig::default()
+        })
+        .report_to(ReportTo::parse(&["tensorboard"])?)
         .plan(plan)
         .checkpoints(policy)
-        .control(ControlFile::new(out.path()))
+        .control(ControlFile::new(&out))
         .observer(Print)
         .build()?
         .run()?;

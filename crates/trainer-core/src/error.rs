@@ -82,6 +82,9 @@ pub enum Error {
     /// The slicer rejected the text or its settings.
     #[error(transparent)]
     Chunk(#[from] prts_chunker::ChunkError),
+    /// The training log or a TensorBoard events file could not be written or read.
+    #[error(transparent)]
+    Report(#[from] plot_report::Error),
     /// The step plan or learning-rate schedule cannot be built.
     #[error(transparent)]
     Schedule(#[from] schedulers::Error),

@@ -13,7 +13,8 @@
 //!   missing factor or a wrong shape is an error, never a silent no-op.
 //! - [`Trainer`] trains an adapter: [`Trainer::step`] takes the micro-batches of one optimizer step (gradient
 //!   accumulation), right-pads each to its longest sample, masks labels of `-100`, clips the global gradient norm
-//!   and applies AdamW (torch semantics) with the learning rate the caller supplies (e.g. from `schedulers`).
+//!   and applies the chosen [`Optimizer`] (AdamW, SGD, Adagrad or Adafactor, with torch / transformers semantics)
+//!   with the learning rate the caller supplies (e.g. from `schedulers`).
 //!   LoRA dropout and NEFTune noise come from a seeded RNG, so a run is reproducible bit for bit, and
 //!   [`Trainer::save_state`] / [`Trainer::load_state`] resume exactly. Nothing here prints; [`Trainer::run`]
 //!   reports each step to a callback and stops on a cancel flag.
@@ -109,7 +110,10 @@ pub use gguf_lora::{GgufBase, ADAPTER_GGUF_FILE};
 pub use hf_write::SaveDType;
 pub use load::{BaseWeights, LoadOptions};
 pub use model::Model;
-pub use optim::AdamWParams;
+pub use optim::{
+    AdafactorParams, AdagradParams, AdamWParams, Optimizer, SgdParams, ADAMW_ALIASES,
+    OPTIMIZER_NAMES,
+};
 pub use tokenizer::SpecialTokens;
 pub use train::{Backend, Control, Sample, StepStats, TrainConfig, Trainer, IGNORE_INDEX};
 

@@ -1,4 +1,4 @@
-//! [`Trainer`]: LoRA training steps (masked CE, dynamic padding, gradient accumulation, clipping, AdamW, NEFTune,
+//! [`Trainer`]: LoRA training steps (masked CE, dynamic padding, gradient accumulation, clipping, the optimizer, NEFTune,
 //! LoRA dropout) with exact save/resume.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use crate::engine::{self, Extras, Net, PairRef, Pins, Workspace};
 use crate::error::{Error, Result};
 use crate::lora::{LoraPair, LoraWeights};
 use crate::model::Model;
-use crate::optim::{AdamWParams, Moments};
+use crate::optim::{AdamWParams, OptimState, Optimizer};
 use crate::rng::Rng;
 
 /// Label value that excludes a position from the loss (PyTorch's `ignore_index`).
@@ -46,8 +46,11 @@ impl Sample {
 pub struct TrainConfig {
     /// Seed for LoRA init, dropout and NEFTune noise.
     pub seed: u64,
-    /// AdamW betas, eps and weight decay.
+    /// AdamW betas and eps, and the weight decay of every optimizer.
     pub adamw: AdamWParams,
+    /// The optimizer (default AdamW); [`Optimizer::from_name`] reads the setting.
+    #[serde(default)]
+    pub optimizer: Optimizer,
     /// Clip the global gradient norm to this value (`None`: no clipping). HF default: 1.0.
     pub max_grad_norm: Option<f64>,
     /// NEFTune noise alpha (`None`: off).
@@ -82,6 +85,7 @@ impl Default for TrainConfig {
         Self {
             seed: 0,
             adamw: AdamWParams::default(),
+            optimizer: Optimizer::AdamW,
             max_grad_norm: Some(1.0),
             neftune_alpha: None,
             pad_id: 0,
@@ -117,12 +121,12 @@ pub enum Control {
     Stop,
 }
 
-/// One trainable tensor: a LoRA factor or a modules_to_save copy, with its PEFT key, values and AdamW moments.
+/// One trainable tensor: a LoRA factor or a modules_to_save copy, with its PEFT key, values and optimizer state.
 pub(crate) struct Param {
     pub(crate) key: String,
     pub(crate) shape: Vec<usize>,
     pub(crate) value: Vec<f32>,
-    pub(crate) moments: Moments,
+    pub(crate) state: OptimState,
 }
 
 /// A LoRA trainer over a borrowed [`Model`].
@@ -151,13 +155,14 @@ impl<'m> Trainer<'m> {
     pub fn from_adapter(model: &'m Model, adapter: &Adapter, config: TrainConfig) -> Result<Self> {
         adapter.check_fits(model)?;
         backend_for(model, config.backend)?;
+        config.optimizer.validate()?;
         let w = adapter.weights();
         let mut params = Vec::new();
         let mut slots = Vec::new();
         let mut push = |key: String, t: &Tensor| -> Result<usize> {
             let value = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             params.push(Param {
-                moments: Moments::zeros(value.len()),
+                state: OptimState::new(&config.optimizer, t.dims())?,
                 shape: t.dims().to_vec(),
                 key,
                 value,
@@ -353,9 +358,10 @@ impl<'m> Trainer<'m> {
             }
         }
         self.step += 1;
+        // The one update path of both backends.
+        let (opt, adamw) = (&self.config.optimizer, &self.config.adamw);
         for (p, g) in self.params.iter_mut().zip(&self.grads) {
-            p.moments
-                .update(&mut p.value, g, lr, self.step, &self.config.adamw);
+            p.state.update(opt, adamw, &mut p.value, g, lr, self.step);
         }
         Ok(StepStats {
             step: self.step,

@@ -1,5 +1,10 @@
-//! A trainer's state on disk: the adapter (PEFT files), the AdamW moments and the step, RNG and config, so a
-//! run resumes exactly.
+//! A trainer's state on disk: the adapter (PEFT files), the optimizer's state and the step, RNG and config
+//! (with the optimizer's name and settings), so a run resumes exactly.
+//!
+//! `optimizer.safetensors` holds tensor `NAME.KEY` for buffer `NAME` of the trainable tensor of PEFT key `KEY`:
+//! AdamW `m`, `v`; SGD with momentum `momentum_buffer` (plain SGD has no state: the file holds no tensor);
+//! Adagrad `sum`; Adafactor `exp_avg_sq_row`, `exp_avg_sq_col` (matrices) or `exp_avg_sq` (vectors), and
+//! `exp_avg` with `beta1`. Format 1 of `trainer_state.json` (AdamW only) is still read; this version writes 2.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +21,8 @@ use crate::train::{TrainConfig, Trainer};
 
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The `trainer_state.json` format this version writes (2: the config names the optimizer).
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct SavedState {
@@ -26,26 +33,25 @@ struct SavedState {
 }
 
 impl<'m> Trainer<'m> {
-    /// Saves the full training state into `dir`: the adapter (PEFT files), the AdamW moments
-    /// (`optimizer.safetensors`), the step, RNG state and config (`trainer_state.json`). Atomic per file.
+    /// Saves the full training state into `dir`: the adapter (PEFT files), the optimizer's state
+    /// (`optimizer.safetensors`), the step, RNG state and config with the optimizer (`trainer_state.json`).
+    /// Atomic per file.
     pub fn save_state(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
         self.adapter()?.save(dir, base_model_name_or_path)?;
-        let mut moments = BTreeMap::new();
+        let mut tensors = BTreeMap::new();
         let cpu = candle_core::Device::Cpu;
         for p in &self.params {
-            let shape = p.shape.as_slice();
-            moments.insert(
-                format!("m.{}", p.key),
-                Tensor::from_slice(&p.moments.m, shape, &cpu)?,
-            );
-            moments.insert(
-                format!("v.{}", p.key),
-                Tensor::from_slice(&p.moments.v, shape, &cpu)?,
-            );
+            let mut state = p.state.clone();
+            for (name, shape, values) in state.buffers(&p.shape) {
+                tensors.insert(
+                    format!("{name}.{}", p.key),
+                    Tensor::from_slice(values, shape.as_slice(), &cpu)?,
+                );
+            }
         }
-        io::save_safetensors(&dir.join(OPTIMIZER_FILE), &moments)?;
+        io::save_safetensors(&dir.join(OPTIMIZER_FILE), &tensors)?;
         let state = SavedState {
-            format: 1,
+            format: FORMAT,
             step: self.step,
             rng: self.rng.state(),
             config: self.config.clone(),
@@ -61,26 +67,37 @@ impl<'m> Trainer<'m> {
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
         let state: SavedState = serde_json::from_str(&text)
             .map_err(|e| Error::model(&state_path, format!("not a trainer state file: {e}")))?;
-        if state.format != 1 {
+        if !(1..=FORMAT).contains(&state.format) {
             return Err(Error::model(
                 &state_path,
-                format!("unknown state format {}", state.format),
+                format!(
+                    "trainer state format {} is unknown to this version (it reads 1 and {FORMAT}): resume it with \
+                     the version that wrote it",
+                    state.format
+                ),
             ));
         }
         let adapter = Adapter::load(dir, model)?;
         let mut trainer = Self::from_adapter(model, &adapter, state.config)?;
         let opt_path = dir.join(OPTIMIZER_FILE);
         let mut tensors = io::load_safetensors(&opt_path, &candle_core::Device::Cpu)?;
+        let optimizer = trainer.config.optimizer.name();
         for p in &mut trainer.params {
-            for (prefix, dst) in [("m.", &mut p.moments.m), ("v.", &mut p.moments.v)] {
-                let key = format!("{prefix}{}", p.key);
-                let t = tensors
-                    .remove(&key)
-                    .ok_or_else(|| Error::model(&opt_path, format!("tensor `{key}` is missing")))?;
-                if t.elem_count() != dst.len() {
+            for (name, shape, dst) in p.state.buffers(&p.shape) {
+                let key = format!("{name}.{}", p.key);
+                let t = tensors.remove(&key).ok_or_else(|| {
+                    Error::model(
+                        &opt_path,
+                        format!("tensor `{key}` of the {optimizer} state is missing"),
+                    )
+                })?;
+                if t.dims() != shape.as_slice() {
                     return Err(Error::model(
                         &opt_path,
-                        format!("tensor `{key}` has the wrong size"),
+                        format!(
+                            "tensor `{key}` has shape {:?}, the {optimizer} state needs {shape:?}",
+                            t.dims()
+                        ),
                     ));
                 }
                 *dst = t.flatten_all()?.to_vec1::<f32>()?;
@@ -89,7 +106,10 @@ impl<'m> Trainer<'m> {
         if let Some(extra) = tensors.keys().next() {
             return Err(Error::model(
                 &opt_path,
-                format!("tensor `{extra}` matches no trainable parameter"),
+                format!(
+                    "tensor `{extra}` is no part of the {optimizer} state of this adapter's tensors \
+                     ({STATE_FILE} names the optimizer)"
+                ),
             ));
         }
         trainer.step = state.step;

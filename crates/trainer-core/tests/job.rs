@@ -10,7 +10,7 @@ use std::rc::Rc;
 use candle_core::Device;
 use checkpoint_policy::{SaveReason, StopReason};
 use lora_targets::LoraSettings;
-use plot_report::LogRecord;
+use plot_report::{ControlResult, LogRecord};
 use schedulers::Warmup;
 use trainer_core::job::{
     CheckpointStore, ControlCommand, ControlOutcome, DataFiles, DataOptions, DataSources, DirStore,
@@ -311,6 +311,26 @@ fn control_commands_save_and_stop_and_bad_ones_are_reported() {
         lines.contains(&format!("saved checkpoint-1-user {:?}", SaveReason::User)),
         "{lines:?}"
     );
+    // The training log records each outcome at its step, in order.
+    let log = plot_report::read_log(d.path().join(LOG_FILE)).unwrap();
+    let control = &log.records[0].control;
+    let got: Vec<(Option<&str>, Option<&str>, ControlResult)> = control
+        .iter()
+        .map(|c| (c.command.as_deref(), c.assignment.as_deref(), c.outcome))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("set"), Some("rank=2"), ControlResult::Rejected),
+            (Some("save-now"), None, ControlResult::Applied),
+            (Some("stop"), None, ControlResult::Applied),
+        ]
+    );
+    assert!(control[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("cannot be changed"));
 }
 
 #[test]

@@ -22,3 +22,7 @@ mod job;
 mod gguf_lora;
 // Starting a run from an existing adapter (PEFT or GGUF).
 mod init_adapter;
+// Every optimizer: exact resume through the trainer and the job, refusals of another optimizer's state.
+mod optimizers;
+// report_to: TensorBoard event files of a job against its training log.
+mod reporting;

@@ -30,6 +30,17 @@ pub enum ControlCommand {
     },
 }
 
+impl ControlCommand {
+    /// The command's name, as in its JSON line: `save-now`, `stop` or `set`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlCommand::SaveNow => "save-now",
+            ControlCommand::Stop => "stop",
+            ControlCommand::Set { .. } => "set",
+        }
+    }
+}
+
 /// A validated `set`: the settings a run may change while it goes (0 turns each off).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Change {

@@ -34,6 +34,7 @@ mod log;
 mod observer;
 mod order;
 mod plan;
+mod report;
 mod run;
 mod state;
 mod store;
@@ -55,6 +56,7 @@ pub use observer::{
 };
 pub use order::{data_fingerprint, epoch_order, step_batches};
 pub use plan::{EvalEvery, PlanSettings, TrainingPlan};
+pub use report::{ReportTo, RUNS_DIR, TENSORBOARD_TAGS};
 pub use state::{ResumeSettings, ResumeSettingsRecord, RunState, RUN_STATE_FORMAT};
 pub use store::{
     Checkpoint, CheckpointStore, DirStore, Recovered, CONTROL_FILE, GRAPH_FILE, LOG_FILE,
@@ -85,9 +87,19 @@ pub struct JobBuilder<'m> {
     observer: Box<dyn Observer + 'm>,
     control: Option<Box<dyn ControlSource + 'm>>,
     interrupter: Interrupter,
+    report_to: ReportTo,
 }
 
 impl<'m> JobBuilder<'m> {
+    /// Where the run reports besides its training log (default: nowhere). TensorBoard files go to the
+    /// store's [`CheckpointStore::runs_dir`] (a [`DirStore`]'s `runs/`), a new events file per run (a
+    /// resumed run adds one); each logged step and eval is written and synced as it happens.
+    #[must_use]
+    pub fn report_to(mut self, report_to: ReportTo) -> Self {
+        self.report_to = report_to;
+        self
+    }
+
     /// The LoRA settings (default: [`LoraSettings::default`]). Target modules must be resolved against the
     /// model ([`lora_targets::Targets::resolve`]).
     #[must_use]
@@ -96,7 +108,7 @@ impl<'m> JobBuilder<'m> {
         self
     }
 
-    /// The trainer configuration (seed, AdamW, clipping, NEFTune, gradient checkpointing). Its `pad_id` is
+    /// The trainer configuration (seed, optimizer, clipping, NEFTune, gradient checkpointing). Its `pad_id` is
     /// replaced by the model's (pad, else EOS, else 0).
     #[must_use]
     pub fn train_config(mut self, config: TrainConfig) -> Self {
@@ -274,6 +286,7 @@ impl<'m> JobBuilder<'m> {
                     Error::resume(dir, format!("its trainer state does not load: {e}"))
                 })?;
                 same_lora(dir, trainer.settings(), &self.lora)?;
+                same_optimizer(dir, &trainer.config().optimizer, &train.optimizer)?;
                 let mut policy = state.policy;
                 policy.update(self.policy.clone())?;
                 (trainer, policy, state.loss.unwrap_or(f64::NAN))
@@ -290,6 +303,15 @@ impl<'m> JobBuilder<'m> {
                 ),
             ));
         }
+        let tensorboard = match self.report_to.tensorboard {
+            false => None,
+            true => Some(self.store.runs_dir().ok_or_else(|| {
+                Error::setting(
+                    "report_to",
+                    "this checkpoint store has no folder for TensorBoard files (a DirStore has one)",
+                )
+            })?),
+        };
         let loss_rule = self.loss_rule.unwrap_or(LossSave {
             min_step: LossSave::original_min_step(plan.steps.steps_per_epoch),
             ..LossSave::default()
@@ -313,6 +335,7 @@ impl<'m> JobBuilder<'m> {
             resume_settings,
             fingerprint,
             last_saved: None,
+            tensorboard,
         })
     }
 }
@@ -341,6 +364,38 @@ fn same_lora(dir: &std::path::Path, saved: &LoraSettings, now: &LoraSettings) ->
     Ok(())
 }
 
+/// The optimizer of a resumed trainer (with its settings) must be the one asked for: its state means
+/// nothing to another.
+fn same_optimizer(
+    dir: &std::path::Path,
+    saved: &crate::optim::Optimizer,
+    now: &crate::optim::Optimizer,
+) -> Result<()> {
+    if saved == now {
+        return Ok(());
+    }
+    let show = |o: &crate::optim::Optimizer| serde_json::to_string(o).unwrap_or_default();
+    let message = if saved.name() == now.name() {
+        format!(
+            "it was trained with {} settings {} but this run asks for {}: resume with the same optimizer \
+             settings, or start a new run",
+            saved.name(),
+            show(saved),
+            show(now)
+        )
+    } else {
+        format!(
+            "it was trained with optimizer `{}` but this run asks for `{}` (the checkpoint's optimizer state \
+             belongs to {}): resume with `optimizer = \"{}\"`, or start a new run",
+            saved.name(),
+            now.name(),
+            saved.name(),
+            saved.name()
+        )
+    };
+    Err(Error::resume(dir, message))
+}
+
 /// A job ready to run ([`Job::builder`]).
 pub struct Job<'m> {
     model: &'m Model,
@@ -361,6 +416,8 @@ pub struct Job<'m> {
     resume_settings: ResumeSettings,
     fingerprint: u64,
     last_saved: Option<PathBuf>,
+    /// The folder of TensorBoard event files, when reporting to TensorBoard.
+    tensorboard: Option<PathBuf>,
 }
 
 impl<'m> Job<'m> {
@@ -390,6 +447,7 @@ impl<'m> Job<'m> {
             observer: Box::new(Silent),
             control: None,
             interrupter: Interrupter::new(),
+            report_to: ReportTo::default(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use checkpoint_policy::{SaveReason, StopReason};
-use plot_report::LogRecord;
+use plot_report::{ControlRecord, ControlResult, LogRecord};
 
 use crate::evaluate::EvalStats;
 use crate::job::control::ControlCommand;
@@ -62,6 +62,30 @@ pub enum ControlOutcome {
         /// What was wrong with it.
         reason: String,
     },
+}
+
+impl ControlOutcome {
+    /// The outcome as the training log records it.
+    pub fn log_record(&self) -> ControlRecord {
+        let (command, outcome, reason) = match self {
+            ControlOutcome::Applied(c) => (Some(c), ControlResult::Applied, None),
+            ControlOutcome::Rejected { command, reason } => {
+                (Some(command), ControlResult::Rejected, Some(reason.clone()))
+            }
+            ControlOutcome::Unreadable { reason } => {
+                (None, ControlResult::Unreadable, Some(reason.clone()))
+            }
+        };
+        ControlRecord {
+            command: command.map(|c| c.name().to_string()),
+            assignment: command.and_then(|c| match c {
+                ControlCommand::Set { assignment } => Some(assignment.clone()),
+                _ => None,
+            }),
+            outcome,
+            reason,
+        }
+    }
 }
 
 /// How a run ended.

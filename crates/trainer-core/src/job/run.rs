@@ -13,6 +13,7 @@ use crate::job::control::{Change, ControlCommand};
 use crate::job::observer::{ControlOutcome, End, Flow, Report, Start};
 use crate::job::order::{epoch_order, step_batches};
 use crate::job::plan::EvalEvery;
+use crate::job::report::TensorBoard;
 use crate::job::Job;
 use crate::train::Sample;
 
@@ -23,7 +24,8 @@ impl Job<'_> {
     ///
     /// After every optimizer step: divergence checks (a non-finite loss, gradient norm or updated weight is
     /// [`Error::Diverged`]: that step is neither saved nor logged), the eval set at its cadence, the control
-    /// input, the checkpoint policy's saves, deletes and stops, one log record, the observer.
+    /// input, the checkpoint policy's saves, deletes and stops, one log record (with the control commands'
+    /// outcomes; and a TensorBoard event), the observer.
     pub fn run(mut self) -> Result<Report> {
         let steps = self.plan.steps.clone();
         let (total, per_epoch) = (steps.total_steps, steps.steps_per_epoch);
@@ -33,6 +35,13 @@ impl Job<'_> {
             total_steps: total,
             resumed_from: self.resumed_from.clone(),
         });
+        let mut tensorboard = match &self.tensorboard {
+            Some(dir) => Some(TensorBoard::open(
+                dir,
+                self.resumed_from.is_some().then_some(step),
+            )?),
+            None => None,
+        };
         let started = Instant::now();
         // Steps are never cancelled half-way: an interrupt finishes the step, then saves it.
         let never = AtomicBool::new(false);
@@ -111,6 +120,7 @@ impl Job<'_> {
                 Some(control) => control.poll(),
                 None => Vec::new(),
             };
+            let mut control_log = Vec::new();
             for command in polled {
                 let outcome = match command {
                     Ok(ControlCommand::SaveNow) => {
@@ -135,6 +145,7 @@ impl Job<'_> {
                     }
                     Err(reason) => ControlOutcome::Unreadable { reason },
                 };
+                control_log.push(outcome.log_record());
                 self.observer.on_control(&outcome);
             }
             if self.interrupter.should_stop() {
@@ -151,6 +162,7 @@ impl Job<'_> {
                 tokens_per_s: Some(stats.tokens as f64 / seconds.max(1e-9)),
                 time_s: Some(started.elapsed().as_secs_f64()),
                 eval_loss,
+                control: control_log,
                 ..LogRecord::default()
             };
             let actions = self.policy.decide(&event);
@@ -163,6 +175,9 @@ impl Job<'_> {
             stop = stop.or(stopped);
             record.checkpoint = saved;
             self.store.append_log(&record)?;
+            if let Some(tb) = &mut tensorboard {
+                tb.write(&record)?;
+            }
             if self.observer.on_step(&record) == Flow::Stop {
                 stop = stop.or(Some(StopReason::User));
             }

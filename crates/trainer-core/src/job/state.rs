@@ -38,7 +38,7 @@ pub struct ResumeSettings {
     pub targets: Vec<String>,
     /// `lm_head` and `embed_tokens` trained in full.
     pub train_head: bool,
-    /// AdamW weight decay.
+    /// Weight decay (of every optimizer; the optimizer itself is checked against the trainer state).
     pub weight_decay: f64,
     /// Gradient clipping (`None`: off).
     pub max_grad_norm: Option<f64>,

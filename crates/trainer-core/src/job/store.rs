@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::gguf_lora::{GgufBase, ADAPTER_GGUF_FILE};
 use crate::io::write_atomic;
 use crate::job::log::LogFile;
+use crate::job::report::RUNS_DIR;
 use crate::job::state::RunState;
 use crate::train::Trainer;
 
@@ -65,6 +66,12 @@ pub trait CheckpointStore {
 
     /// Appends one step's record to the training log.
     fn append_log(&mut self, record: &LogRecord) -> Result<()>;
+
+    /// The folder for TensorBoard event files (`None`, the default: the store has none, and a job that
+    /// reports to TensorBoard is refused).
+    fn runs_dir(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// What [`DirStore::recover`] did with one leftover of an interrupted write.
@@ -92,7 +99,8 @@ impl std::fmt::Display for Recovered {
 }
 
 /// An output folder: the final adapter (`adapter_config.json`, `adapter_model.safetensors`) at its top,
-/// `checkpoint-*` folders, [`LOG_FILE`], [`GRAPH_FILE`], [`CONTROL_FILE`], and the caller's
+/// `checkpoint-*` folders, [`LOG_FILE`], [`GRAPH_FILE`], [`CONTROL_FILE`], TensorBoard's
+/// [`RUNS_DIR`](crate::job::RUNS_DIR), and the caller's
 /// [`PARAMETERS_FILE`] and [`PREVIEW_FILE`].
 ///
 /// Every file is written atomically (a temporary `.NAME.tmpXXXXXX` file, synced, renamed); a checkpoint is
@@ -308,6 +316,10 @@ impl CheckpointStore for DirStore {
             None => Ok(()),
         }
     }
+
+    fn runs_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.join(RUNS_DIR))
+    }
 }
 
 /// Files and folders of this layout, and the leftovers of its interrupted writes.
@@ -323,7 +335,7 @@ fn is_final_name(name: &str) -> bool {
         || name.starts_with("adapter_")
         || matches!(
             name,
-            PARAMETERS_FILE | LOG_FILE | GRAPH_FILE | PREVIEW_FILE | CONTROL_FILE
+            PARAMETERS_FILE | LOG_FILE | GRAPH_FILE | PREVIEW_FILE | CONTROL_FILE | RUNS_DIR
         )
 }
 
