@@ -15,8 +15,10 @@ use prts_chunker::{unescape_hard_cut, EosPlacement, Mode};
 use schedulers::{Schedule, StepPlan, Warmup};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use trainer_core::dataset::TrainOn;
-use trainer_core::job::{AdapterFormats, DataOptions, DataSources, EvalEvery, PlanSettings};
-use trainer_core::{AdamWParams, BaseWeights, LoadOptions, Model, TrainConfig};
+use trainer_core::job::{
+    AdapterFormats, DataOptions, DataSources, EvalEvery, PlanSettings, ReportTo,
+};
+use trainer_core::{AdamWParams, BaseWeights, LoadOptions, Model, Optimizer, TrainConfig};
 
 /// A library enum as a setting: written and read (TOML and flags) as the name users type, parsed into the
 /// library's type at once.
@@ -168,6 +170,8 @@ settings! {
         train_head: bool = false;
         /// Adapter formats of every checkpoint and the final adapter: auto (peft,gguf for a .gguf base, peft otherwise), peft, or peft,gguf (adds adapter_model.gguf for llama.cpp).
         adapter_formats: Named<AdapterFormats> = Named(AdapterFormats::Auto);
+        /// Report to: tensorboard (event files in OUTPUT/runs/ for `tensorboard --logdir`) or none; a comma list, or a list in a settings file.
+        report_to: String = String::new();
         /// Start from this adapter's weights (a PEFT folder or a .gguf adapter; fresh optimizer, step 0); rank, alpha, rslora, targets and train_head are taken from it.
         init_adapter: PathBuf = PathBuf::new();
         /// Micro-batch size (blocks per forward pass).
@@ -188,7 +192,11 @@ settings! {
         warmup_ratio: f64 = 0.1;
         /// NEFTune noise alpha (0 = off).
         neftune_alpha: f64 = 0.0;
-        /// AdamW weight decay.
+        /// Optimizer: adamw, sgd, adagrad or adafactor (the Hugging Face Trainer's defaults); adamw_torch, adamw_hf, adamw_torch_fused, adamw_torch_xla, adamw_apex_fused and adamw_anyprecision are adamw; 8-bit ones are refused.
+        optimizer: String = "adamw".to_string();
+        /// The optimizer's own arguments, as the Trainer's optim_args: key=value,... (sgd: momentum, dampening, nesterov; adagrad: lr_decay, eps, initial_accumulator_value; adafactor: scale_parameter, relative_step, warmup_init, beta1, decay_rate, clip_threshold, eps1, eps2; adamw takes none).
+        optim_args: String = String::new();
+        /// Weight decay, for every optimizer as torch / transformers apply it (decoupled for adamw and adafactor, added to the gradient for sgd and adagrad).
         weight_decay: f64 = 0.0;
         /// Clip the global gradient norm to this value (0 = no clipping).
         max_grad_norm: f64 = 1.0;
@@ -269,21 +277,6 @@ impl Settings {
                 .entry("mode")
                 .or_insert(toml::Value::String(mode.to_string()));
         }
-        // `adapter_formats = ["peft", "gguf"]`: a list is the comma form.
-        if let Some(toml::Value::Array(list)) = table.get("adapter_formats").cloned() {
-            let names: Vec<String> = list
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                })
-                .collect();
-            table.insert(
-                "adapter_formats".into(),
-                toml::Value::String(names.join(",")),
-            );
-        }
         let keys = table.keys().cloned().collect();
         self.merge(table)?;
         Ok(keys)
@@ -312,7 +305,9 @@ impl Settings {
             Ok(_) => anyhow::bail!("settings are not a TOML table"),
             Err(e) => anyhow::bail!("settings cannot be written as TOML: {e}"),
         };
-        all.extend(table);
+        for (key, value) in table {
+            all.insert(key.clone(), list_as_comma_form(&key, value));
+        }
         *self = all.try_into().map_err(one_line)?;
         Ok(())
     }
@@ -320,6 +315,33 @@ impl Settings {
     /// The TOML text of these settings (what `training_parameters.toml` holds).
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string(self)?)
+    }
+}
+
+/// The setting a library error names (`optim_args` for a bad optimizer argument), else `default`.
+fn core_field<'a>(e: &'a trainer_core::Error, default: &'a str) -> &'a str {
+    match e {
+        trainer_core::Error::Setting { field, .. } => field,
+        _ => default,
+    }
+}
+
+/// `adapter_formats = ["peft", "gguf"]`, `report_to = ["tensorboard"]`: for the settings that hold a list of
+/// names, a list is their comma form.
+fn list_as_comma_form(key: &str, value: toml::Value) -> toml::Value {
+    match value {
+        toml::Value::Array(list) if matches!(key, "adapter_formats" | "report_to") => {
+            let names: Vec<String> = list
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect();
+            toml::Value::String(names.join(","))
+        }
+        other => other,
     }
 }
 
@@ -483,6 +505,12 @@ impl Settings {
                     .into(),
             );
         }
+        if let Err(e) = self.optimizer() {
+            fail(core_field(&e, "optimizer"), e.to_string());
+        }
+        if let Err(e) = self.report_to() {
+            fail(core_field(&e, "report_to"), e.to_string());
+        }
         self.check_recordable(&mut fail);
         if errors.is_empty() {
             Ok(())
@@ -588,9 +616,24 @@ impl Settings {
         }
     }
 
+    /// The optimizer (`optimizer` with `optim_args`), and a note to show when its name is an alias of adamw.
+    pub fn optimizer(&self) -> trainer_core::Result<(Optimizer, Option<&'static str>)> {
+        let (optimizer, note) = Optimizer::from_name(&self.optimizer)?;
+        let optimizer = optimizer.with_args(&self.optim_args)?;
+        optimizer.validate()?;
+        Ok((optimizer, note))
+    }
+
+    /// Where the run reports besides its training log (`report_to`).
+    pub fn report_to(&self) -> trainer_core::Result<ReportTo> {
+        let names: Vec<&str> = self.report_to.split(',').collect();
+        ReportTo::parse(&names)
+    }
+
     /// The trainer configuration (the job sets the pad token).
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
+    pub fn train_config(&self) -> Result<TrainConfig> {
+        Ok(TrainConfig {
+            optimizer: self.optimizer()?.0,
             seed: self.seed,
             adamw: AdamWParams {
                 weight_decay: self.weight_decay,
@@ -600,7 +643,7 @@ impl Settings {
             neftune_alpha: (self.neftune_alpha > 0.0).then_some(self.neftune_alpha),
             gradient_checkpointing: self.gradient_checkpointing,
             ..TrainConfig::default()
-        }
+        })
     }
 
     /// The LoRA settings, with the targets resolved against `model`.

@@ -125,6 +125,9 @@ fn prepare(s: &Settings, quiet: bool) -> Result<Prepared> {
     for note in &data.notes {
         eprintln!("note: {note}");
     }
+    if let (_, Some(note)) = s.optimizer()? {
+        eprintln!("note: optimizer `{}` is {note}", s.optimizer.trim());
+    }
     let plan = TrainingPlan::new(s.plan_settings(), data.samples.len())?;
     Ok(Prepared {
         model,
@@ -302,7 +305,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     }
     let mut builder = Job::builder(&model, data, out_store)
         .lora(lora)
-        .train_config(settings.train_config())
+        .train_config(settings.train_config()?)
+        .report_to(settings.report_to()?)
         .checkpoints(settings.policy_settings(&steps))
         .loss_save_rule(settings.loss_save_rule(&steps))
         .plan(plan)

@@ -83,8 +83,8 @@ fn the_dry_run_lists_every_key_of_the_originals_file_and_flags_win() {
         "-> learning_rate = 0.0003",
         "raw_text_file = \"joseph\"",
         "no equivalent: the original stored a name",
-        "optimizer = \"adamw_torch\"",
-        "no equivalent yet",
+        "optimizer = \"adamw_torch\"                -> optimizer = \"adamw_torch\"",
+        "report_to = \"None\"                       -> report_to = \"\"",
     ] {
         assert!(section.contains(expected), "`{expected}` not in\n{section}");
     }

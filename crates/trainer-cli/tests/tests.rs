@@ -11,6 +11,7 @@ mod hostile_files;
 mod hostile_models;
 mod init_adapter;
 mod lock;
+mod optimizer_report;
 mod original_config;
 mod real_model;
 mod self_contained;

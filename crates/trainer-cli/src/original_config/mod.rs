@@ -148,18 +148,6 @@ impl OriginalConfig {
                     Outcome::Unused(format!("no equivalent: {DATA_NAME} {why}"))
                 }
                 Rule::No(why) => Outcome::Unused(format!("no equivalent: {why}")),
-                Rule::NotYet(ours, conv, why) => {
-                    // What it will become once the setting exists, when the value converts.
-                    let would = match self.convert(ours, conv, value, ga) {
-                        Ok(Outcome::Set(sets)) => sets
-                            .iter()
-                            .map(|s| format!(" (it will be {} = {})", s.key, s.value))
-                            .collect(),
-                        Ok(Outcome::Unused(then)) => format!(" (and then {then})"),
-                        Err(_) => String::new(),
-                    };
-                    Outcome::Unused(format!("no equivalent yet: {why}{would}"))
-                }
                 Rule::Key(_, _, _) if value.is_null() => {
                     Outcome::Unused("null: no value, the setting keeps its default".into())
                 }

@@ -42,9 +42,6 @@ pub(super) enum Conv {
 pub(super) enum Rule {
     /// Our setting, the conversion, and a note on how the meaning differs ("" for none).
     Key(&'static str, Conv, &'static str),
-    /// Our setting once it exists, its conversion, and why it has no equivalent yet. Mapping it is one
-    /// change: `NotYet(k, c, _)` becomes `Key(k, c, "")`.
-    NotYet(&'static str, Conv, &'static str),
     /// No equivalent, and why.
     No(&'static str),
 }
@@ -74,13 +71,13 @@ pub(super) const RULES: &[(&str, Rule)] = &[
     ("raw_text_file", Rule::No("--text FILE|DIR")),
     ("higher_rank_limit", Rule::No("it only widened the UI's rank and alpha sliders; rank and alpha have no upper limit here")),
     ("warmup_steps", Rule::Key("warmup_steps", Conv::MicroSteps, "")),
-    ("optimizer", Rule::NotYet("optimizer", Conv::Same, "the optimizer is AdamW here (betas 0.9/0.999, eps 1e-8), which the original's default adamw_torch and its other adamw_* choices are")),
+    ("optimizer", Rule::Key("optimizer", Conv::Same, "adamw_* names are adamw (the same maths); 8-bit ones are refused")),
     ("hard_cut_string", Rule::Key("hard_cut", Conv::Same, "the same backslash escapes; an empty one means no hard cut (the original cut between every character, bug 8)")),
     ("train_only_after", Rule::Key("train_only_after", Conv::Same, "it masks the prompt of instruction data here; the original's had no effect (bug 2)")),
     ("stop_at_loss", Rule::Key("stop_at_loss", Conv::Same, "")),
     ("add_eos_token", Rule::Key("eos", Conv::Eos, "")),
     ("min_chars", Rule::Key("min_chars", Conv::AtLeastZero, "")),
-    ("report_to", Rule::NotYet("report_to", Conv::ReportTo, "nothing is reported but training_log.jsonl and the graph; the original's \"None\" meant every installed integration (bug 26)")),
+    ("report_to", Rule::Key("report_to", Conv::ReportTo, "")),
     ("precize_slicing_overlap", Rule::Key("overlap", Conv::Same, "")),
     ("add_eos_token_type", Rule::Key("eos", Conv::EosType, "")),
     ("save_steps_under_loss", Rule::Key("save_under_loss", Conv::Same, "the next loss save needs a true 10% drop (loss_improvement 0.1); absolute_improvement = true restores the original's absolute 0.09 (bug 20)")),

@@ -66,12 +66,6 @@ fn the_rules_follow_the_fixtures_key_order_and_name_real_settings() {
                     .unwrap_or_else(|| panic!("{key}: no setting {ours}"));
                 s.set_key(ours, v).unwrap();
             }
-            // The day `optimizer` or `report_to` becomes a setting, this fails: map the key
-            // (`NotYet(k, c, _)` becomes `Key(k, c, "")`) and document it in the user guide.
-            Rule::NotYet(ours, _, _) => assert!(
-                s.value_of(ours).is_none(),
-                "`{ours}` is a setting now: map the original's `{key}` to it"
-            ),
             Rule::No(_) => {}
         }
     }
@@ -145,8 +139,11 @@ fn the_original_defaults_map_to_these_settings() {
         ),
         ("raw_text_file", "no equivalent: the original stored a name"),
         ("lora_name", "no equivalent: the adapter's name"),
-        ("optimizer", "no equivalent yet: the optimizer is AdamW"),
-        ("report_to", "(it will be report_to = [])"),
+        ("optimizer", "-> optimizer = \"adamw_torch\""),
+        (
+            "report_to",
+            "-> report_to = \"\" (the original's None meant every installed integration",
+        ),
         ("sliding_window", "-> mode = \"precise\""),
         (
             "save_steps",
@@ -419,4 +416,27 @@ fn eos_bos_projection_and_report_to_choices() {
         "{l}"
     );
     assert!(line(&l, "min_chars").contains("negative becomes 0"), "{l}");
+
+    // The optimizer and the report go through the settings' own names and checks.
+    let path = variant(
+        dir.path(),
+        &[
+            ("optimizer", "adagrad".into()),
+            ("report_to", "tensorboard".into()),
+        ],
+    );
+    let r = resolve(&[path], RunFlags::default()).unwrap();
+    assert_eq!(r.settings.optimizer, "adagrad");
+    assert!(r.settings.report_to().unwrap().tensorboard);
+    assert_eq!(r.settings.optimizer().unwrap().0.name(), "adagrad");
+    let path = variant(dir.path(), &[("optimizer", "adamw_8bit".into())]);
+    let e = resolve(&[path], RunFlags::default())
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key `optimizer`") && e.contains("use `adamw`"),
+        "{e}"
+    );
 }
