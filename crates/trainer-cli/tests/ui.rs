@@ -154,6 +154,38 @@ impl Run {
     }
 }
 
+/// `trainer-cli ui --runs DIR` on a free port: the child and its page's address.
+fn serve_runs(dir: &Path) -> (Killed, String) {
+    let mut c = crate::common::cli();
+    c.arg("ui")
+        .arg("--runs")
+        .arg(dir)
+        .args(["--ui", "127.0.0.1:0"]);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = Killed(c.spawn().unwrap());
+    let pipe = child.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(pipe).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("`ui` ended without printing its address")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("runs page: ") {
+            break url.to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url)
+}
+
+/// Where the browser test leaves its screenshots (docs/ui.md says how to refresh the ones in docs/).
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 async fn browser(driver_port: u16, profile: &Path) -> Client {
     let caps = serde_json::json!({
         "goog:chromeOptions": {
@@ -267,6 +299,52 @@ fn run_page_in_a_browser() {
     }
     assert_eq!(get("/../../etc/passwd", &cookie), 404);
 
+    // --- `ui --runs` over the same folder, while the run trains ---
+    let (_runs_server, runs_url) = serve_runs(&dir);
+    let runs_addr: SocketAddr = runs_url
+        .strip_prefix("http://")
+        .and_then(|r| r.split_once('/'))
+        .map(|(h, _)| h.parse().unwrap())
+        .unwrap();
+    let runs_tok = runs_url.split_once("?token=").unwrap().1.to_string();
+    let runs_cookie = format!("Cookie: trainer_ui_token={runs_tok}\r\n");
+    let runs_get = |path: &str, headers: &str| {
+        http(
+            runs_addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {runs_addr}\r\n{headers}Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    assert_eq!(
+        runs_get("/api/runs", "").0,
+        403,
+        "the list without the token"
+    );
+    let (code, listing) = runs_get("/api/runs", &runs_cookie);
+    assert_eq!(code, 200);
+    assert!(
+        listing.contains(r#""name":"out""#) && listing.contains(r#""running":true"#),
+        "{listing}"
+    );
+    for path in [
+        "/run/../../etc/passwd/",
+        "/run/..%2F..%2Fetc/",
+        "/run/%2Fetc/",
+        "/run/profile-1/",
+        "/run/nope/api/events",
+    ] {
+        assert_eq!(runs_get(path, &runs_cookie).0, 404, "{path}");
+    }
+    assert_eq!(
+        get(
+            "/api/events",
+            &format!("Cookie: trainer_ui_token={runs_tok}\r\n")
+        ),
+        403,
+        "one server's token opens only its own pages"
+    );
+
     // --- the page in chromium ---
     let driver_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -342,6 +420,32 @@ fn run_page_in_a_browser() {
         let end = text(&c, "end").await;
         assert!(end.contains("stop_at_loss"), "{end}");
         assert!(text(&c, "control-log").await.contains("applied: set stop_at_loss=1000"));
+        let shots = screenshot_dir();
+        std::fs::write(shots.join("run.png"), c.screenshot().await.unwrap()).unwrap();
+        c.close().await.unwrap();
+
+        // The finished run from its folder: the list, then its page with every logged step and checkpoint.
+        let mut t0 = Instant::now();
+        while run.child.0.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < PATIENCE, "the run did not end");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let c = browser(driver_port, &dir.join("profile-3")).await;
+        c.goto(&runs_url).await.unwrap();
+        c.wait().for_element(Locator::Css("#runs tr[data-name='out'] a")).await.unwrap().click().await.unwrap();
+        let logged = run.logged_steps() as u64;
+        t0 = Instant::now();
+        while js_u64(&c, "return window.trainerUi ? window.trainerUi.points() : 0").await != logged {
+            assert!(t0.elapsed() < PATIENCE, "the folder's page did not show the {logged} logged steps");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        until(&c, "return window.trainerUi.ended()", "the folder run shown as not running").await;
+        let listed = c
+            .execute("return [...document.querySelectorAll('#checkpoints tbody tr')].map(r => r.dataset.name)", vec![])
+            .await
+            .unwrap();
+        assert!(listed.as_array().unwrap().iter().any(|n| n.as_str() == Some(name.as_str())), "{listed}");
+        std::fs::write(shots.join("runs-run.png"), c.screenshot().await.unwrap()).unwrap();
         c.close().await.unwrap();
     });
     let status = run.wait_exit();

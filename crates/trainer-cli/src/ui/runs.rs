@@ -96,7 +96,7 @@ impl Runs {
                 Some((modified, v))
             })
             .collect();
-        runs.sort_by(|a, b| b.0.cmp(&a.0));
+        runs.sort_by_key(|r| std::cmp::Reverse(r.0));
         runs.into_iter().map(|(_, v)| v).collect()
     }
 }

@@ -60,7 +60,7 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn header_str<'h>(h: &'h HeaderMap, name: header::HeaderName) -> &'h str {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> &str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 

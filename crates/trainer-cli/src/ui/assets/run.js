@@ -32,12 +32,14 @@ function li(list, text, cls) {
 
 // ---- charts ----
 const charts = [];
-function makeChart(el, title, series, log) {
+function makeChart(el, title, series, exponent) {
+  const yAxis = { size: 70 };
+  if (exponent) yAxis.values = (u, splits) => splits.map(v => v.toExponential(1));
   const opts = {
     title, width: Math.min(1060, window.innerWidth - 40), height: 240,
-    scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+    scales: { x: { time: false } },
     series: [{ label: "step" }, ...series.map(s => ({ spanGaps: true, width: 1.5, ...s }))],
-    axes: [{}, { size: 70 }],
+    axes: [{}, yAxis],
   };
   const u = new uPlot(opts, [[], ...series.map(() => [])], $(el));
   charts.push(u);
@@ -48,7 +50,7 @@ const lossChart = makeChart("chart-loss", "Loss", [
   { label: "smoothed", stroke: "#1f77b4", width: 2 },
   { label: "eval loss", stroke: "#d62728", width: 2, points: { show: true, size: 6 } },
 ]);
-const lrChart = makeChart("chart-lr", "Learning rate", [{ label: "lr", stroke: "#2ca02c" }]);
+const lrChart = makeChart("chart-lr", "Learning rate", [{ label: "lr", stroke: "#2ca02c", value: (u, v) => v == null ? "–" : v.toExponential(3) }], true);
 const gradChart = makeChart("chart-grad", "Gradient norm (before clipping)", [{ label: "grad norm", stroke: "#9467bd" }]);
 
 let drawPending = false;
@@ -109,15 +111,14 @@ function onStep(e) {
     run.smooth.push(null);
   }
   $("step").textContent = e.step;
-  $("bar").value = e.step;
+  if (run.total > 0) $("bar").value = e.step; // a run shown from its folder has no known total
   $("epoch").textContent = fmt(e.epoch, 2);
   $("loss").textContent = fmt(e.loss, 4);
   $("tps").textContent = fmt(e.tokens_per_s, 0);
   if (e.time_s !== null) {
     $("elapsed").textContent = fmtTime(e.time_s);
     const done = e.step - run.startStep;
-    if (done > 0 && run.total > e.step) $("left").textContent = fmtTime(e.time_s / done * (run.total - e.step));
-    else $("left").textContent = "0s";
+    if (run.total > 0) $("left").textContent = fmtTime(done > 0 ? e.time_s / done * Math.max(0, run.total - e.step) : NaN);
   }
   redraw();
 }
