@@ -351,7 +351,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     };
     builder = match (&ui, commands) {
         (Some(ui), Some(commands)) => builder
-            .observer(Both(cli_observer, UiObserver::new(ui.hub.clone())))
+            .observer(Both(cli_observer, UiObserver::new(ui.hub.clone(), &output)))
             .control(BothSources(control_file, commands)),
         _ => builder.observer(cli_observer).control(control_file),
     };

@@ -96,6 +96,11 @@ impl Run {
         c.arg("--text")
             .arg(small_text(dir))
             .args(["--epochs", "50", "--ui", "127.0.0.1:0"]);
+        Run::spawn(c, out)
+    }
+
+    /// Runs `c` (a `train --ui` writing into `out`) and waits for its page's address.
+    fn spawn(mut c: Command, out: PathBuf) -> Run {
         c.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = Killed(c.spawn().unwrap());
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -321,12 +326,20 @@ fn run_page_in_a_browser() {
         403,
         "the list without the token"
     );
-    let (code, listing) = runs_get("/api/runs", &runs_cookie);
-    assert_eq!(code, 200);
-    assert!(
-        listing.contains(r#""name":"out""#) && listing.contains(r#""running":true"#),
-        "{listing}"
-    );
+    // The run writes training_parameters.toml (what makes a folder a run) just before its first step.
+    let t0 = Instant::now();
+    loop {
+        let (code, listing) = runs_get("/api/runs", &runs_cookie);
+        assert_eq!(code, 200);
+        if listing.contains(r#""name":"out""#) && listing.contains(r#""running":true"#) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "the running run is not listed: {listing}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for path in [
         "/run/../../etc/passwd/",
         "/run/..%2F..%2Fetc/",
@@ -452,4 +465,64 @@ fn run_page_in_a_browser() {
     assert!(status.success(), "{status}; stderr:\n{}", run.stderr());
     let stderr = run.stderr();
     assert!(stderr.contains("stopped at loss"), "{stderr}");
+
+    // A run resumed with --ui: its page shows the steps logged before the checkpoint too.
+    let user = std::fs::read_dir(&run.out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().ends_with("-user"))
+        .expect("the user checkpoint");
+    let resumed_at: u64 = user
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = crate::common::cli();
+    c.arg("train")
+        .arg("--output")
+        .arg(&run.out)
+        .arg("--resume")
+        .arg(&user);
+    c.args(["--progress", "jsonl", "--ui", "127.0.0.1:0"]);
+    let mut resumed = Run::spawn(c, run.out.clone());
+    rt.block_on(async {
+        let c = browser(driver_port, &dir.join("profile-4")).await;
+        c.goto(&resumed.url).await.unwrap();
+        until(
+            &c,
+            &format!("return window.trainerUi.points() > {}", resumed_at + 1),
+            "the resumed run's steps",
+        )
+        .await;
+        let steps: Vec<u64> = serde_json::from_value(
+            c.execute("return window.trainerUi.steps()", vec![])
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            steps,
+            (1..=steps.len() as u64).collect::<Vec<_>>(),
+            "the steps before and after the resume"
+        );
+        c.close().await.unwrap();
+    });
+    let stop = r#"{"command":"stop"}"#;
+    let origin = format!(
+        "Cookie: trainer_ui_token={}\r\nOrigin: http://{}\r\n",
+        resumed.token, resumed.addr
+    );
+    assert_eq!(post(resumed.addr, &origin, stop), 202);
+    let status = resumed.wait_exit();
+    assert!(status.success(), "{status}; stderr:\n{}", resumed.stderr());
+    assert!(
+        resumed.stderr().contains("stopped on request"),
+        "{}",
+        resumed.stderr()
+    );
 }

@@ -1,6 +1,7 @@
 //! The job observer that feeds a run's page, and the pieces that let the command line's observer and control
 //! file work beside it.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use plot_report::LogRecord;
 use serde_json::{json, Value};
 use trainer_core::job::{
     ControlCommand, ControlOutcome, ControlSource, End, Flow, Observer, Report, Saved, Start,
+    LOG_FILE,
 };
 use trainer_core::EvalStats;
 
@@ -16,12 +18,16 @@ use super::hub::Hub;
 /// Forwards every job event to the page's [`Hub`].
 pub struct UiObserver {
     hub: Arc<Hub>,
+    log: PathBuf,
 }
 
 impl UiObserver {
-    /// An observer pushing into `hub`.
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    /// An observer pushing into `hub` the events of a run writing into `output`.
+    pub fn new(hub: Arc<Hub>, output: &Path) -> Self {
+        Self {
+            hub,
+            log: output.join(LOG_FILE),
+        }
     }
 }
 
@@ -49,6 +55,21 @@ pub fn end_text(end: End) -> String {
 
 impl Observer for UiObserver {
     fn on_start(&mut self, start: &Start) {
+        // A resumed run: the steps before the checkpoint are in the log already; the page shows them too.
+        if start.step > 0 {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            for line in log.lines() {
+                for (kind, fields) in super::runs::log_line_events(line) {
+                    let done = fields
+                        .get("step")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(u64::MAX);
+                    if done <= start.step {
+                        self.hub.push(kind, fields);
+                    }
+                }
+            }
+        }
         self.hub.push(
             "start",
             json!({

@@ -131,6 +131,39 @@ fn reason_of(name: &str) -> &'static str {
     }
 }
 
+/// The page's events for one line of a training log: its step, and the checkpoint saved at it. A line that is not
+/// a JSON object gives none.
+pub fn log_line_events(line: &str) -> Vec<(&'static str, Value)> {
+    let Ok(Value::Object(mut r)) = serde_json::from_str::<Value>(line) else {
+        return Vec::new();
+    };
+    for key in [
+        "loss",
+        "lr",
+        "eval_loss",
+        "grad_norm",
+        "tokens_per_s",
+        "time_s",
+        "checkpoint",
+    ] {
+        r.entry(key).or_insert(Value::Null);
+    }
+    let checkpoint = r
+        .get("checkpoint")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let step = r.get("step").cloned().unwrap_or(Value::Null);
+    let mut out = vec![("step", Value::Object(r))];
+    if let Some(name) = checkpoint {
+        let reason = reason_of(&name);
+        out.push((
+            "checkpoint",
+            json!({"name": name, "step": step, "reason": reason}),
+        ));
+    }
+    out
+}
+
 /// Turns a run folder into the page's events, following its log while a `train` holds it.
 struct Follower {
     dir: PathBuf,
@@ -181,33 +214,13 @@ impl Follower {
         self.offset += complete as u64;
         let mut out = Vec::new();
         for line in buf[..complete].lines() {
-            let Ok(Value::Object(mut r)) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            for key in [
-                "loss",
-                "lr",
-                "eval_loss",
-                "grad_norm",
-                "tokens_per_s",
-                "time_s",
-                "checkpoint",
-            ] {
-                r.entry(key).or_insert(Value::Null);
-            }
-            let checkpoint = r
-                .get("checkpoint")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let step = r.get("step").cloned().unwrap_or(Value::Null);
-            out.push(self.event("step", Value::Object(r)));
-            if let Some(name) = checkpoint {
-                self.seen.push(name.clone());
-                let reason = reason_of(&name);
-                out.push(self.event(
-                    "checkpoint",
-                    json!({"name": name, "step": step, "reason": reason}),
-                ));
+            for (kind, fields) in log_line_events(line) {
+                if kind == "checkpoint" {
+                    if let Some(name) = fields.get("name").and_then(Value::as_str) {
+                        self.seen.push(name.to_string());
+                    }
+                }
+                out.push(self.event(kind, fields));
             }
         }
         out
