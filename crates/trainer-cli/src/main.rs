@@ -23,6 +23,7 @@ mod signals;
 mod sources;
 mod tools;
 mod train;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Dataset tools: split a dataset, turn Alpaca JSON or raw text into chat JSON Lines.
     Tools(tools::ToolsArgs),
+    /// Serve the runs under a folder (finished or running) as web pages: charts, checkpoints, controls.
+    Ui(ui::UiArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::ExportGguf(args) => export_gguf::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Tools(args) => tools::run(&args),
+        Command::Ui(args) => ui::serve_runs(&args),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,7 @@ use crate::observer::{CliObserver, ProgressMode};
 use crate::settings::{SettingFlags, Settings};
 use crate::signals;
 use crate::sources::Resolved;
+use crate::ui::{Both, BothSources, RunInfo, RunUi, UiFlags, UiObserver};
 
 /// Arguments of `trainer-cli train`.
 #[derive(Debug, Args)]
@@ -57,6 +58,8 @@ pub struct TrainArgs {
     pub dementor: Option<bool>,
     #[command(flatten)]
     pub settings: SettingFlags,
+    #[command(flatten)]
+    pub ui: UiFlags,
 }
 
 /// Everything a run needs, resolved and validated.
@@ -219,6 +222,9 @@ fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
 
 /// Runs `trainer-cli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    if args.dry_run && args.ui.ui.is_some() {
+        bail!("--ui serves a training run's page; --dry-run starts no run: drop one of them");
+    }
     let mut resolved = resolve_settings(args)?;
     let output = resolved.settings.output.clone();
     let store = DirStore::new(&output);
@@ -291,6 +297,31 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     eprintln!("{}", p.data.summary_text(settings.eval_every()));
     eprintln!("{}", p.plan.text());
 
+    // The page starts before the job is built; a refused resume drops it with the error.
+    let ui = match args.ui.ui {
+        Some(_) => {
+            let mut warnings: Vec<String> = formats.warning.iter().cloned().collect();
+            warnings.extend(p.data.notes.iter().map(|n| format!("note: {n}")));
+            let plan_text = p.plan.text();
+            warnings.extend(
+                plan_text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("warning: ").map(str::to_string)),
+            );
+            let info = RunInfo {
+                output: output.display().to_string(),
+                settings_toml: settings.to_toml()?,
+                data_summary: p.data.summary_text(settings.eval_every()),
+                plan: plan_text,
+                warnings,
+            };
+            let (ui, commands) = RunUi::start(&args.ui, info)?;
+            eprintln!("run page: {}", ui.url);
+            Some((ui, commands))
+        }
+        None => None,
+    };
+
     let interrupter = Interrupter::new();
     let Prepared {
         model,
@@ -313,9 +344,21 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         .eval_every(settings.eval_every())
         .group_by_length(settings.group_by_length)
         .base_model_name(base_model_name(&settings.model))
-        .observer(CliObserver::new(args.progress, &output))
-        .control(ControlFile::new(&output))
         .interrupter(interrupter.clone());
+    let cli_observer = CliObserver::new(args.progress, &output);
+    let control_file = ControlFile::new(&output);
+    // The page (when served) sees every event beside the command line, and its commands join the control
+    // file's. `ui` lives to the end of this function: the page shows the run's end until the process exits.
+    let (ui, commands) = match ui {
+        Some((ui, commands)) => (Some(ui), Some(commands)),
+        None => (None, None),
+    };
+    builder = match (&ui, commands) {
+        (Some(ui), Some(commands)) => builder
+            .observer(Both(cli_observer, UiObserver::new(ui.hub.clone(), &output)))
+            .control(BothSources(control_file, commands)),
+        _ => builder.observer(cli_observer).control(control_file),
+    };
     if let Some(dir) = &resume_dir {
         builder = builder.resume_from(dir);
     }
@@ -365,6 +408,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
 /// Runs `trainer-cli check`: the original's "Verify dataset", with exact numbers and suggestions, without
 /// training or writing anything.
 pub fn check(args: &TrainArgs) -> Result<ExitCode> {
+    if args.ui.ui.is_some() {
+        bail!("--ui serves a training run's page; `check` starts no run: use it with `train`");
+    }
     let mut r = resolve_settings(args)?;
     let mut p = prepare(&r.settings, true)?;
     init_adapter::apply(&mut r.settings, &mut p.lora, &p.model, &mut r.sources)?;

@@ -117,6 +117,7 @@ fn the_user_guide_documents_exactly_the_flags_of_help() {
         "merge",
         "control",
         "export-gguf",
+        "ui",
     ] {
         let guide_flags = documented(section(&guide, &format!("### `{sub}`")), sub);
         assert_same(sub, &help_flags(&[sub]), &guide_flags);

@@ -16,3 +16,4 @@ mod original_config;
 mod real_model;
 mod self_contained;
 mod tools;
+mod ui;
