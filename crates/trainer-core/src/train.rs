@@ -136,7 +136,6 @@ pub struct Trainer<'m> {
     pub(crate) config: TrainConfig,
     pub(crate) params: Vec<Param>,
     slots: Vec<Slot>,
-    pub(crate) rng: Rng,
     pub(crate) step: u64,
     /// One gradient buffer per parameter, summed over the micro-batches of a step.
     grads: Vec<Vec<f32>>,
@@ -201,7 +200,6 @@ impl<'m> Trainer<'m> {
         Ok(Self {
             model,
             settings: adapter.settings().clone(),
-            rng: Rng::new(config.seed ^ 0x7261_696E_696E_6721),
             config,
             params,
             slots,
@@ -326,21 +324,18 @@ impl<'m> Trainer<'m> {
                 "no position has a label to predict (all -100 or length 1)",
             ));
         }
-        let saved_rng = self.rng.clone();
         self.grads.iter_mut().for_each(|g| g.fill(0.0));
         let mut loss_sum = 0f64;
         let mut padded = 0usize;
-        for mb in micro_batches {
+        for (k, mb) in micro_batches.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
-                self.rng = saved_rng;
                 return Err(Error::Cancelled);
             }
-            let (l, p) = self.accumulate(mb, total)?;
+            let (l, p) = self.accumulate(k, mb, total)?;
             loss_sum += l;
             padded += p;
         }
         if cancel.load(Ordering::Relaxed) {
-            self.rng = saved_rng;
             return Err(Error::Cancelled);
         }
         let norm = self
@@ -373,9 +368,10 @@ impl<'m> Trainer<'m> {
         })
     }
 
-    /// Forward + backward of one micro-batch; adds `d(sum_nll / total)/dθ` into the gradient buffers. Returns
-    /// (sum of NLL, padded token count).
-    fn accumulate(&mut self, mb: &[Sample], total: usize) -> Result<(f64, usize)> {
+    /// Forward + backward of micro-batch `k` of the current step; adds `d(sum_nll / total)/dθ` into the gradient
+    /// buffers. Its dropout and NEFTune noise come from [`Rng::for_micro_batch`] of (seed, step, k). Returns (sum of
+    /// NLL, padded token count).
+    fn accumulate(&mut self, k: usize, mb: &[Sample], total: usize) -> Result<(f64, usize)> {
         let t = mb.iter().map(|s| s.input_ids.len()).max().unwrap_or(0);
         let b = mb.len();
         let mut ids = Vec::with_capacity(b * t);
@@ -399,8 +395,9 @@ impl<'m> Trainer<'m> {
         if rows.is_empty() {
             return Ok((0.0, b * t));
         }
+        let mut rng = Rng::for_micro_batch(self.config.seed, self.step, k as u64);
         let mut noise = Noise {
-            rng: &mut self.rng,
+            rng: &mut rng,
             lora_dropout: self.settings.dropout,
             neftune_alpha: self.config.neftune_alpha,
         };
@@ -478,8 +475,8 @@ impl<'m> Trainer<'m> {
         Ok(done)
     }
 
-    /// Gradients of the mean loss over `batch` for every trainable tensor, by PEFT key (no update). For tests and
-    /// diagnostics.
+    /// Gradients of the mean loss over `batch` for every trainable tensor, by PEFT key (no update), with the noise of
+    /// micro-batch 0 of the next step. For tests and diagnostics.
     pub fn gradients(&mut self, batch: &[Sample]) -> Result<BTreeMap<String, Tensor>> {
         for (si, s) in batch.iter().enumerate() {
             self.check_sample(s, &format!("batch[{si}]"))?;
@@ -489,7 +486,7 @@ impl<'m> Trainer<'m> {
             return Err(Error::input("batch", "no position has a label to predict"));
         }
         self.grads.iter_mut().for_each(|g| g.fill(0.0));
-        self.accumulate(batch, total)?;
+        self.accumulate(0, batch, total)?;
         let dev = self.model.device();
         self.params
             .iter()
