@@ -354,7 +354,6 @@ impl<'m> Trainer<'m> {
     }
 
     /// Number of f32 values of one micro-batch's gradient (all trainable tensors, in parameter order).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn gradient_len(&self) -> usize {
         self.params.iter().map(|p| p.value.len()).sum()
     }
@@ -373,7 +372,6 @@ impl<'m> Trainer<'m> {
     }
 
     /// The last micro-batch gradient as one flat buffer (parameters in order), appended to `out`.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn copy_micro_batch_gradient(&self, out: &mut Vec<f32>) {
         for g in &self.mb_grads {
             out.extend_from_slice(g);
@@ -394,7 +392,6 @@ impl<'m> Trainer<'m> {
 
     /// Adds a micro-batch gradient given flat (as [`Trainer::copy_micro_batch_gradient`] writes it) into the
     /// step's sum: the same additions as [`Trainer::add_micro_batch_gradient`].
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn add_flat_gradient(&mut self, flat: &[f32]) -> Result<()> {
         if flat.len() != self.gradient_len() {
             return Err(Error::input(
