@@ -117,6 +117,15 @@ pub enum Error {
         /// Why, naming each setting that differs with its old and new value.
         message: String,
     },
+    /// A data-parallel job's processes do not agree (settings, data, model or start state differ), or one of
+    /// them stopped answering or left: the job stops on every process.
+    #[error("process {rank}: {message}")]
+    Distributed {
+        /// The rank of the process reporting it.
+        rank: usize,
+        /// What happened, naming the processes concerned, and what to do.
+        message: String,
+    },
     /// A checkpoint could not be written; the earlier ones are intact.
     #[error("cannot write checkpoint {name}; earlier checkpoints are intact")]
     Checkpoint {
@@ -194,6 +203,13 @@ impl Error {
     pub(crate) fn setting(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Setting {
             field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn distributed(rank: usize, message: impl Into<String>) -> Self {
+        Self::Distributed {
+            rank,
             message: message.into(),
         }
     }

@@ -181,7 +181,7 @@ pub(crate) fn check_load(
 pub struct MemoryEstimate {
     /// The frozen weights as loaded ([`crate::Model::resident_bytes`]).
     pub weights: u64,
-    /// Trainable tensors, their gradients and AdamW moments (4 f32 per trainable value).
+    /// Trainable tensors, their step and micro-batch gradients and AdamW moments (5 f32 per trainable value).
     pub trainable: u64,
     /// The engine's activation and gradient buffers at the largest micro-batch.
     pub activations: u64,
@@ -253,7 +253,7 @@ pub fn estimate_training(
     let kept = if checkpointing { saved } else { layers * saved };
     MemoryEstimate {
         weights,
-        trainable: 4 * 4 * trainable,
+        trainable: 5 * 4 * trainable,
         activations: 4 * (kept + scratch + stream + head),
         runtime: RUNTIME,
     }

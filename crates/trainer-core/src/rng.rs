@@ -1,4 +1,4 @@
-//! A small seeded RNG (xoshiro256**) with exportable state: candle's CPU RNG cannot be seeded.
+//! A small seeded RNG (xoshiro256**) with cloneable state: candle's CPU RNG cannot be seeded.
 
 /// xoshiro256** seeded through SplitMix64.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,12 +21,14 @@ impl Rng {
         }
     }
 
-    pub(crate) fn from_state(s: [u64; 4]) -> Self {
-        Self { s }
-    }
-
-    pub(crate) fn state(&self) -> [u64; 4] {
-        self.s
+    /// The noise stream of micro-batch `k` of optimizer step `step` (0-based, the steps done before it) of a run
+    /// seeded with `seed`: a function of those three numbers alone, so the same micro-batch draws the same dropout
+    /// masks and NEFTune noise whichever process runs it and whatever ran before it.
+    pub(crate) fn for_micro_batch(seed: u64, step: u64, k: u64) -> Self {
+        let key = splitmix(
+            splitmix(splitmix(seed ^ 0x7261_696E_696E_6721).wrapping_add(step)).wrapping_add(k),
+        );
+        Self::new(key)
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
@@ -61,6 +63,14 @@ impl Rng {
     }
 }
 
+/// One SplitMix64 output for input `x` (a bijective mixer of 64 bits).
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rng;
@@ -68,15 +78,36 @@ mod tests {
 
     proptest! {
         #[test]
-        fn uniform_stays_in_range_and_state_resumes(seed in any::<u64>(), skip in 0usize..50) {
+        fn uniform_stays_in_range_and_a_clone_resumes(seed in any::<u64>(), skip in 0usize..50) {
             let mut a = Rng::new(seed);
             for v in a.uniform(64, -0.5, 0.5) {
                 prop_assert!((-0.5..0.5).contains(&v));
             }
             for _ in 0..skip { a.next_u64(); }
-            let mut b = Rng::from_state(a.state());
+            let mut b = a.clone();
             prop_assert_eq!(a.next_u64(), b.next_u64());
         }
+    }
+
+    proptest! {
+        #[test]
+        fn micro_batch_streams_depend_on_seed_step_and_k_alone(
+            seed in any::<u64>(), step in 0u64..1 << 40, k in 0u64..1024, other in any::<(u64, u64, u64)>()
+        ) {
+            let first = Rng::for_micro_batch(seed, step, k).uniform(8, 0.0, 1.0);
+            prop_assert_eq!(&first, &Rng::for_micro_batch(seed, step, k).uniform(8, 0.0, 1.0));
+            prop_assume!(other != (seed, step, k));
+            let (s2, t2, k2) = other;
+            prop_assert_ne!(first, Rng::for_micro_batch(s2, t2, k2).uniform(8, 0.0, 1.0));
+        }
+    }
+
+    #[test]
+    fn neighbouring_micro_batches_and_steps_differ() {
+        let a = Rng::for_micro_batch(7, 3, 1).next_u64();
+        assert_ne!(a, Rng::for_micro_batch(7, 3, 0).next_u64());
+        assert_ne!(a, Rng::for_micro_batch(7, 2, 1).next_u64());
+        assert_ne!(a, Rng::for_micro_batch(7, 4, 0).next_u64());
     }
 
     #[test]

@@ -136,10 +136,11 @@ pub struct Trainer<'m> {
     pub(crate) config: TrainConfig,
     pub(crate) params: Vec<Param>,
     slots: Vec<Slot>,
-    pub(crate) rng: Rng,
     pub(crate) step: u64,
-    /// One gradient buffer per parameter, summed over the micro-batches of a step.
+    /// One gradient buffer per parameter, summed over the micro-batches of a step in order of `k`.
     grads: Vec<Vec<f32>>,
+    /// One gradient buffer per parameter: the current micro-batch's gradient, computed from zero.
+    mb_grads: Vec<Vec<f32>>,
     /// The engine's activation and gradient buffers, kept between steps.
     workspace: Workspace,
 }
@@ -197,15 +198,15 @@ impl<'m> Trainer<'m> {
                 slots.push(Slot::Embed(push(key.clone(), t)?));
             }
         }
-        let grads = params.iter().map(|p| vec![0f32; p.value.len()]).collect();
+        let grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0f32; p.value.len()]).collect();
         Ok(Self {
             model,
             settings: adapter.settings().clone(),
-            rng: Rng::new(config.seed ^ 0x7261_696E_696E_6721),
             config,
             params,
             slots,
             step: 0,
+            mb_grads: grads.clone(),
             grads,
             workspace: Workspace::default(),
         })
@@ -296,12 +297,35 @@ impl<'m> Trainer<'m> {
     /// One optimizer step over `micro_batches` (gradient accumulation = their number). The loss is the mean over
     /// all scored tokens of the step (as transformers does with `num_items_in_batch`). Each micro-batch is right-padded
     /// to its own longest sample. Returns [`Error::Cancelled`] without changing any state when `cancel` is set.
+    ///
+    /// The step's gradient is the sum, in order of the micro-batch index `k`, of each micro-batch's gradient
+    /// computed from zero (and its loss the sum of their NLLs in the same order), so a job that computes some
+    /// micro-batches elsewhere and adds them in the same order gets the same bytes.
     pub fn step(
         &mut self,
         micro_batches: &[Vec<Sample>],
         lr: f64,
         cancel: &AtomicBool,
     ) -> Result<StepStats> {
+        let total = self.check_step(micro_batches, lr)?;
+        self.zero_step_gradient();
+        let mut sum = StepSum::default();
+        for (k, mb) in micro_batches.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let (nll, padded) = self.micro_batch_gradient(k, mb, total)?;
+            self.add_micro_batch_gradient();
+            sum.add(nll, padded);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        Ok(self.apply_update(sum, total, lr))
+    }
+
+    /// Checks a step's micro-batches and learning rate; returns the number of scored tokens of the step.
+    pub(crate) fn check_step(&self, micro_batches: &[Vec<Sample>], lr: f64) -> Result<usize> {
         if micro_batches.is_empty() || micro_batches.iter().any(Vec::is_empty) {
             return Err(Error::input(
                 "micro_batches",
@@ -326,23 +350,71 @@ impl<'m> Trainer<'m> {
                 "no position has a label to predict (all -100 or length 1)",
             ));
         }
-        let saved_rng = self.rng.clone();
+        Ok(total)
+    }
+
+    /// Number of f32 values of one micro-batch's gradient (all trainable tensors, in parameter order).
+    pub(crate) fn gradient_len(&self) -> usize {
+        self.params.iter().map(|p| p.value.len()).sum()
+    }
+
+    /// Forward + backward of micro-batch `k` of the current step (checked by [`Trainer::check_step`]), from zero:
+    /// afterwards the micro-batch gradient buffers hold `d(Σ nll / total)/dθ` of this micro-batch alone. Returns
+    /// (Σ NLL, padded token count).
+    pub(crate) fn micro_batch_gradient(
+        &mut self,
+        k: usize,
+        mb: &[Sample],
+        total: usize,
+    ) -> Result<(f64, usize)> {
+        self.mb_grads.iter_mut().for_each(|g| g.fill(0.0));
+        self.accumulate(k, mb, total)
+    }
+
+    /// The last micro-batch gradient as one flat buffer (parameters in order), appended to `out`.
+    pub(crate) fn copy_micro_batch_gradient(&self, out: &mut Vec<f32>) {
+        for g in &self.mb_grads {
+            out.extend_from_slice(g);
+        }
+    }
+
+    /// Starts a step's gradient sum at zero.
+    pub(crate) fn zero_step_gradient(&mut self) {
         self.grads.iter_mut().for_each(|g| g.fill(0.0));
-        let mut loss_sum = 0f64;
-        let mut padded = 0usize;
-        for mb in micro_batches {
-            if cancel.load(Ordering::Relaxed) {
-                self.rng = saved_rng;
-                return Err(Error::Cancelled);
-            }
-            let (l, p) = self.accumulate(mb, total)?;
-            loss_sum += l;
-            padded += p;
+    }
+
+    /// Adds the last micro-batch gradient into the step's sum.
+    pub(crate) fn add_micro_batch_gradient(&mut self) {
+        for (sum, g) in self.grads.iter_mut().zip(&self.mb_grads) {
+            sum.iter_mut().zip(g).for_each(|(s, v)| *s += v);
         }
-        if cancel.load(Ordering::Relaxed) {
-            self.rng = saved_rng;
-            return Err(Error::Cancelled);
+    }
+
+    /// Adds a micro-batch gradient given flat (as [`Trainer::copy_micro_batch_gradient`] writes it) into the
+    /// step's sum: the same additions as [`Trainer::add_micro_batch_gradient`].
+    pub(crate) fn add_flat_gradient(&mut self, flat: &[f32]) -> Result<()> {
+        if flat.len() != self.gradient_len() {
+            return Err(Error::input(
+                "gradient",
+                format!(
+                    "a micro-batch gradient has {} values, this trainer's tensors have {}",
+                    flat.len(),
+                    self.gradient_len()
+                ),
+            ));
         }
+        let mut rest = flat;
+        for sum in &mut self.grads {
+            let (g, tail) = rest.split_at(sum.len());
+            sum.iter_mut().zip(g).for_each(|(s, v)| *s += v);
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Clips the summed gradient, applies the optimizer and counts the step. `sum` holds the micro-batches' NLL
+    /// and padded tokens, added in order of `k`; `total` is the step's scored tokens.
+    pub(crate) fn apply_update(&mut self, sum: StepSum, total: usize, lr: f64) -> StepStats {
         let norm = self
             .grads
             .iter()
@@ -363,19 +435,20 @@ impl<'m> Trainer<'m> {
         for (p, g) in self.params.iter_mut().zip(&self.grads) {
             p.state.update(opt, adamw, &mut p.value, g, lr, self.step);
         }
-        Ok(StepStats {
+        StepStats {
             step: self.step,
-            loss: loss_sum / total as f64,
+            loss: sum.nll / total as f64,
             grad_norm: norm,
             tokens: total,
-            padded_tokens: padded,
+            padded_tokens: sum.padded,
             lr,
-        })
+        }
     }
 
-    /// Forward + backward of one micro-batch; adds `d(sum_nll / total)/dθ` into the gradient buffers. Returns
-    /// (sum of NLL, padded token count).
-    fn accumulate(&mut self, mb: &[Sample], total: usize) -> Result<(f64, usize)> {
+    /// Forward + backward of micro-batch `k` of the current step; adds `d(sum_nll / total)/dθ` into the micro-batch
+    /// gradient buffers. Its dropout and NEFTune noise come from [`Rng::for_micro_batch`] of (seed, step, k). Returns (sum of
+    /// NLL, padded token count).
+    fn accumulate(&mut self, k: usize, mb: &[Sample], total: usize) -> Result<(f64, usize)> {
         let t = mb.iter().map(|s| s.input_ids.len()).max().unwrap_or(0);
         let b = mb.len();
         let mut ids = Vec::with_capacity(b * t);
@@ -399,8 +472,9 @@ impl<'m> Trainer<'m> {
         if rows.is_empty() {
             return Ok((0.0, b * t));
         }
+        let mut rng = Rng::for_micro_batch(self.config.seed, self.step, k as u64);
         let mut noise = Noise {
-            rng: &mut self.rng,
+            rng: &mut rng,
             lora_dropout: self.settings.dropout,
             neftune_alpha: self.config.neftune_alpha,
         };
@@ -432,7 +506,7 @@ impl<'m> Trainer<'m> {
                     st,
                     &batch,
                     self.config.gradient_checkpointing,
-                    &mut self.grads,
+                    &mut self.mb_grads,
                 )?
             }
             _ => {
@@ -444,7 +518,7 @@ impl<'m> Trainer<'m> {
                     &batch,
                     &mut noise,
                     self.config.gradient_checkpointing,
-                    &mut self.grads,
+                    &mut self.mb_grads,
                     &mut self.workspace,
                 )?
             }
@@ -478,8 +552,8 @@ impl<'m> Trainer<'m> {
         Ok(done)
     }
 
-    /// Gradients of the mean loss over `batch` for every trainable tensor, by PEFT key (no update). For tests and
-    /// diagnostics.
+    /// Gradients of the mean loss over `batch` for every trainable tensor, by PEFT key (no update), with the noise of
+    /// micro-batch 0 of the next step. For tests and diagnostics.
     pub fn gradients(&mut self, batch: &[Sample]) -> Result<BTreeMap<String, Tensor>> {
         for (si, s) in batch.iter().enumerate() {
             self.check_sample(s, &format!("batch[{si}]"))?;
@@ -488,12 +562,11 @@ impl<'m> Trainer<'m> {
         if total == 0 {
             return Err(Error::input("batch", "no position has a label to predict"));
         }
-        self.grads.iter_mut().for_each(|g| g.fill(0.0));
-        self.accumulate(batch, total)?;
+        self.micro_batch_gradient(0, batch, total)?;
         let dev = self.model.device();
         self.params
             .iter()
-            .zip(&self.grads)
+            .zip(&self.mb_grads)
             .map(|(p, g)| {
                 Ok((
                     p.key.clone(),
@@ -501,6 +574,21 @@ impl<'m> Trainer<'m> {
                 ))
             })
             .collect()
+    }
+}
+
+/// What a step's micro-batches add up to besides the gradient: Σ NLL and padded tokens, added in order of `k`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StepSum {
+    pub(crate) nll: f64,
+    pub(crate) padded: usize,
+}
+
+impl StepSum {
+    /// Adds one micro-batch (call in order of `k`).
+    pub(crate) fn add(&mut self, nll: f64, padded: usize) {
+        self.nll += nll;
+        self.padded += padded;
     }
 }
 
@@ -556,3 +644,7 @@ fn scored(s: &Sample) -> usize {
         .filter(|&&l| l != IGNORE_INDEX)
         .count()
 }
+
+#[cfg(test)]
+#[path = "train_tests.rs"]
+mod tests;

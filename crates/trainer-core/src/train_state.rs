@@ -4,7 +4,11 @@
 //! `optimizer.safetensors` holds tensor `NAME.KEY` for buffer `NAME` of the trainable tensor of PEFT key `KEY`:
 //! AdamW `m`, `v`; SGD with momentum `momentum_buffer` (plain SGD has no state: the file holds no tensor);
 //! Adagrad `sum`; Adafactor `exp_avg_sq_row`, `exp_avg_sq_col` (matrices) or `exp_avg_sq` (vectors), and
-//! `exp_avg` with `beta1`. Format 1 of `trainer_state.json` (AdamW only) is still read; this version writes 2.
+//! `exp_avg` with `beta1`. This version writes format 3 of `trainer_state.json`: dropout and NEFTune noise are drawn
+//! per step and micro-batch from the seed in the config, so no RNG state is stored. Formats 1 (AdamW only) and 2
+//! (with the optimizer) drew the noise from one stream running through the run (stored as `rng`); they are still
+//! read when their run had no noise (no dropout, no NEFTune), and refused otherwise, since that run cannot be
+//! continued exactly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,25 +20,28 @@ use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::io;
 use crate::model::Model;
-use crate::rng::Rng;
 use crate::train::{TrainConfig, Trainer};
 
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// The `trainer_state.json` format this version writes (2: the config names the optimizer).
-const FORMAT: u32 = 2;
+/// The `trainer_state.json` format this version writes (2: the config names the optimizer; 3: the noise is keyed
+/// by step and micro-batch, no `rng`).
+const FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct SavedState {
     format: u32,
     step: u64,
-    rng: [u64; 4],
+    /// Formats 1 and 2: the state of the one noise stream of the run (read, never used).
+    #[serde(default, skip_serializing)]
+    #[allow(dead_code)]
+    rng: Option<[u64; 4]>,
     config: TrainConfig,
 }
 
 impl<'m> Trainer<'m> {
     /// Saves the full training state into `dir`: the adapter (PEFT files), the optimizer's state
-    /// (`optimizer.safetensors`), the step, RNG state and config with the optimizer (`trainer_state.json`).
+    /// (`optimizer.safetensors`), the step and config with the optimizer (`trainer_state.json`).
     /// Atomic per file.
     pub fn save_state(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
         self.adapter()?.save(dir, base_model_name_or_path)?;
@@ -53,7 +60,7 @@ impl<'m> Trainer<'m> {
         let state = SavedState {
             format: FORMAT,
             step: self.step,
-            rng: self.rng.state(),
+            rng: None,
             config: self.config.clone(),
         };
         let text = serde_json::to_string_pretty(&state)
@@ -71,13 +78,37 @@ impl<'m> Trainer<'m> {
             return Err(Error::model(
                 &state_path,
                 format!(
-                    "trainer state format {} is unknown to this version (it reads 1 and {FORMAT}): resume it with \
+                    "trainer state format {} is unknown to this version (it reads 1 to {FORMAT}): resume it with \
                      the version that wrote it",
                     state.format
                 ),
             ));
         }
         let adapter = Adapter::load(dir, model)?;
+        let dropout = adapter.settings().dropout;
+        let noise: Vec<String> = [
+            (dropout > 0.0).then(|| format!("LoRA dropout {dropout}")),
+            state
+                .config
+                .neftune_alpha
+                .map(|a| format!("NEFTune alpha {a}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if state.format < 3 && !noise.is_empty() {
+            let noise = noise.join(" and ");
+            return Err(Error::model(
+                &state_path,
+                format!(
+                    "this checkpoint (trainer state format {}) was written by an earlier version whose {noise} \
+                     noise came from one random stream running through the run; this version draws the noise \
+                     per step and micro-batch (so a run is exact on any number of processes), so this run \
+                     cannot continue exactly: start a new run, or finish this one with the version that wrote it",
+                    state.format
+                ),
+            ));
+        }
         let mut trainer = Self::from_adapter(model, &adapter, state.config)?;
         let opt_path = dir.join(OPTIMIZER_FILE);
         let mut tensors = io::load_safetensors(&opt_path, &candle_core::Device::Cpu)?;
@@ -113,7 +144,6 @@ impl<'m> Trainer<'m> {
             ));
         }
         trainer.step = state.step;
-        trainer.rng = Rng::from_state(state.rng);
         Ok(trainer)
     }
 }

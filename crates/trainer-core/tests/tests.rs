@@ -26,3 +26,6 @@ mod init_adapter;
 mod optimizers;
 // report_to: TensorBoard event files of a job against its training log.
 mod reporting;
+// Data parallelism over a collective of threads: byte-identical to one process, resume across rank counts,
+// control on rank 0, refusals before the first step.
+mod distributed;

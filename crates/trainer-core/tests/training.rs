@@ -183,3 +183,64 @@ fn cancel_flag_stops_before_any_change() {
     assert!(matches!(err, trainer_core::Error::Cancelled));
     assert_eq!(t.steps_done(), 0);
 }
+
+/// Rewrites a saved `trainer_state.json` as the format-2 file an earlier version wrote (with its noise stream).
+fn make_format_2(dir: &std::path::Path) {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("\"format\": 3,", "\"format\": 2,\n  \"rng\": [1, 2, 3, 4],");
+    assert_ne!(text, edited, "{text}");
+    std::fs::write(&path, edited).unwrap();
+}
+
+#[test]
+fn an_older_checkpoint_resumes_exactly_without_noise_and_is_refused_with_noise() {
+    let m = model();
+    let cancel = AtomicBool::new(false);
+    let steps = data();
+    let d = tempfile::tempdir().unwrap();
+    let quiet = TrainConfig {
+        seed: 7,
+        ..TrainConfig::default()
+    };
+    let mut straight = Trainer::new(m, all_seven(4, 0.0), quiet.clone()).unwrap();
+    for step in &steps {
+        straight.step(step, 1e-3, &cancel).unwrap();
+    }
+    let a = tensors_bytes(&straight.adapter().unwrap(), &d.path().join("a"));
+    let mut first = Trainer::new(m, all_seven(4, 0.0), quiet.clone()).unwrap();
+    first.step(&steps[0], 1e-3, &cancel).unwrap();
+    first.save_state(&d.path().join("old"), "test").unwrap();
+    make_format_2(&d.path().join("old"));
+    let mut resumed = Trainer::load_state(&d.path().join("old"), m).unwrap();
+    for step in &steps[1..] {
+        resumed.step(step, 1e-3, &cancel).unwrap();
+    }
+    let b = tensors_bytes(&resumed.adapter().unwrap(), &d.path().join("b"));
+    assert!(
+        a == b,
+        "the older no-noise checkpoint resumed to another adapter"
+    );
+
+    for (label, dropout, config, want) in [
+        ("dropout", 0.1, quiet.clone(), "LoRA dropout 0.1 noise"),
+        ("NEFTune", 0.0, noisy_config(), "NEFTune alpha 5 noise"),
+    ] {
+        let dir = d.path().join(label);
+        Trainer::new(m, all_seven(4, dropout), config)
+            .unwrap()
+            .save_state(&dir, "test")
+            .unwrap();
+        assert!(Trainer::load_state(&dir, m).is_ok(), "{label}: format 3");
+        make_format_2(&dir);
+        let err = Trainer::load_state(&dir, m).err().unwrap().to_string();
+        for part in [
+            want,
+            "cannot continue exactly",
+            "start a new run",
+            "trainer_state.json",
+        ] {
+            assert!(err.contains(part), "{label}: {err}");
+        }
+    }
+}

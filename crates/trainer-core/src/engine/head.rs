@@ -85,7 +85,7 @@ pub(crate) fn loss_backward(
         gather(&hb.hf, rows, h, rows_in)?;
         let logits = &mut hb.logits.fit(chunk * vocab)[..len * vocab];
         x_wt(logits, rows_in, net.head, len, Mode::Set, 1.0, panel)?;
-        nll += logits
+        let per_row: Vec<f64> = logits
             .par_chunks_mut(vocab)
             .zip(targets.par_iter())
             .map(|(row, &tg)| {
@@ -93,7 +93,8 @@ pub(crate) fn loss_backward(
                 row.iter_mut().for_each(|v| *v *= scale);
                 f64::from(l)
             })
-            .sum::<f64>();
+            .collect();
+        nll = in_row_order(nll, &per_row);
         let rows_out = &mut hb.rows_out.fit(chunk * h)[..len * h];
         g_w(rows_out, logits, net.head, len, Mode::Set, 1.0, panel)?;
         if let Some(gi) = net.head_grad {
@@ -146,7 +147,7 @@ pub(crate) fn nll_sum(
         gather(&hb.hf, rows, h, rows_in)?;
         let logits = &mut hb.logits.fit(chunk * vocab)[..len * vocab];
         x_wt(logits, rows_in, net.head, len, Mode::Set, 1.0, panel)?;
-        nll += logits
+        let per_row: Vec<f64> = logits
             .par_chunks(vocab)
             .zip(targets.par_iter())
             .map(|(row, &tg)| {
@@ -154,9 +155,16 @@ pub(crate) fn nll_sum(
                 let sum: f64 = row.iter().map(|&v| f64::from((v - max).exp())).sum();
                 (sum.ln() + f64::from(max)) - f64::from(row[tg as usize])
             })
-            .sum::<f64>();
+            .collect();
+        nll = in_row_order(nll, &per_row);
     }
     Ok(nll)
+}
+
+/// `start` plus the rows' NLL added one by one in row order: the same bits for any thread count (a parallel
+/// `sum` groups the additions by how the work was split).
+fn in_row_order(start: f64, per_row: &[f64]) -> f64 {
+    per_row.iter().fold(start, |acc, l| acc + l)
 }
 
 /// Inference: the logits `[n, vocab]` of every row of the last layer's output `x`.

@@ -23,9 +23,13 @@
 //!
 //! Where later work plugs in: a web UI runs [`Job::run`] on a server thread with its own observer, a channel
 //! as the [`ControlSource`] and an [`Interrupter`]; TensorBoard or GGUF export at checkpoints are observers
-//! ([`Observer::on_step`], [`Observer::on_checkpoint`] gives the folder); data-parallel training replaces
-//! [`Trainer::step`] (one step's micro-batches, whose gradients it combines) behind the same loop.
+//! ([`Observer::on_step`], [`Observer::on_checkpoint`] gives the folder). Data-parallel training runs the same
+//! loop on several processes joined by a [`Collective`] ([`JobBuilder::collective`]): micro-batch `k` of a step
+//! runs on rank `k mod N`, every rank adds the gathered gradients in order of `k` (so the adapter is
+//! byte-identical to one process's), and rank 0 alone writes files, reads control and decides when to stop.
 
+mod agree;
+mod collective;
 mod control;
 mod data;
 mod formats;
@@ -33,6 +37,7 @@ mod init;
 mod log;
 mod observer;
 mod order;
+mod parallel;
 mod plan;
 mod report;
 mod run;
@@ -42,10 +47,12 @@ mod summary;
 mod text;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use checkpoint_policy::{Action, LossSave, Policy, StopReason};
 use lora_targets::LoraSettings;
 
+pub use collective::{Collective, ThreadGroup};
 pub use control::{Change, ControlCommand, ControlFile, ControlSource, CHANGEABLE};
 pub use data::{
     encode_blocks, DataFiles, DataNote, DataOptions, DataSources, Hybrid, Origin, TrainingData,
@@ -88,9 +95,33 @@ pub struct JobBuilder<'m> {
     control: Option<Box<dyn ControlSource + 'm>>,
     interrupter: Interrupter,
     report_to: ReportTo,
+    collective: Option<Box<dyn Collective + 'm>>,
+    collective_timeout: Duration,
 }
 
+/// How long a process waits for the others in one collective by default: longer than rank 0's evaluation and
+/// checkpoint save take.
+pub const DEFAULT_COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(1800);
+
 impl<'m> JobBuilder<'m> {
+    /// Runs the job as one rank of a data-parallel group (default: alone). Every rank builds the same job
+    /// (settings, data, model, resume checkpoint); [`JobBuilder::build`] checks that they agree, and that
+    /// `grad_accum` is a multiple of the number of processes. Rank 0 owns the store, the log, the observer,
+    /// control input and the decision to stop; the other ranks write nothing and call no observer.
+    #[must_use]
+    pub fn collective(mut self, collective: impl Collective + 'm) -> Self {
+        self.collective = Some(Box::new(collective));
+        self
+    }
+
+    /// How long a rank waits for the others in one collective before the job stops with
+    /// [`Error::Distributed`] (default [`DEFAULT_COLLECTIVE_TIMEOUT`]).
+    #[must_use]
+    pub fn collective_timeout(mut self, timeout: Duration) -> Self {
+        self.collective_timeout = timeout;
+        self
+    }
+
     /// Where the run reports besides its training log (default: nowhere). TensorBoard files go to the
     /// store's [`CheckpointStore::runs_dir`] (a [`DirStore`]'s `runs/`), a new events file per run (a
     /// resumed run adds one); each logged step and eval is written and synced as it happens.
@@ -208,6 +239,10 @@ impl<'m> JobBuilder<'m> {
             Some(p) => p,
             None => TrainingPlan::new(PlanSettings::default(), self.data.samples.len())?,
         };
+        if let Some(c) = &self.collective {
+            parallel::check_grad_accum(plan.settings.grad_accum as u64, c.size())?;
+            parallel::check_grad_accum(plan.steps.grad_accum, c.size())?;
+        }
         let special = model.special_tokens();
         let train = TrainConfig {
             pad_id: special.pad.or(special.eos).unwrap_or(0),
@@ -312,6 +347,21 @@ impl<'m> JobBuilder<'m> {
                 )
             })?),
         };
+        if let Some(c) = &self.collective {
+            let settings = format!("{resume_settings:?} {:?} {:?}", trainer.config(), plan);
+            let mut d = agree::Digest::default();
+            d.bytes(settings.as_bytes());
+            let mut data = agree::Digest::default();
+            data.word(fingerprint);
+            data.word(u64::from(LABEL_MASK_RULE));
+            let digests = [
+                d.value(),
+                data.value(),
+                agree::model_digest(model)?,
+                agree::start_digest(&trainer),
+            ];
+            parallel::agree(c.as_ref(), digests, self.collective_timeout)?;
+        }
         let loss_rule = self.loss_rule.unwrap_or(LossSave {
             min_step: LossSave::original_min_step(plan.steps.steps_per_epoch),
             ..LossSave::default()
@@ -336,6 +386,8 @@ impl<'m> JobBuilder<'m> {
             fingerprint,
             last_saved: None,
             tensorboard,
+            collective: self.collective,
+            collective_timeout: self.collective_timeout,
         })
     }
 }
@@ -418,6 +470,8 @@ pub struct Job<'m> {
     last_saved: Option<PathBuf>,
     /// The folder of TensorBoard event files, when reporting to TensorBoard.
     tensorboard: Option<PathBuf>,
+    collective: Option<Box<dyn Collective + 'm>>,
+    collective_timeout: Duration,
 }
 
 impl<'m> Job<'m> {
@@ -448,6 +502,8 @@ impl<'m> Job<'m> {
             control: None,
             interrupter: Interrupter::new(),
             report_to: ReportTo::default(),
+            collective: None,
+            collective_timeout: DEFAULT_COLLECTIVE_TIMEOUT,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::evaluate::evaluate;
 use crate::job::control::{Change, ControlCommand};
 use crate::job::observer::{ControlOutcome, End, Flow, Report, Start};
 use crate::job::order::{epoch_order, step_batches};
+use crate::job::parallel::{self, Ending};
 use crate::job::plan::EvalEvery;
 use crate::job::report::TensorBoard;
 use crate::job::Job;
@@ -26,21 +27,28 @@ impl Job<'_> {
     /// [`Error::Diverged`]: that step is neither saved nor logged), the eval set at its cadence, the control
     /// input, the checkpoint policy's saves, deletes and stops, one log record (with the control commands'
     /// outcomes; and a TensorBoard event), the observer.
+    ///
+    /// With a [`Collective`](crate::job::Collective) of several ranks, every rank runs this loop; the ranks
+    /// other than 0 compute their micro-batches and the update, and follow rank 0's decision to stop.
     pub fn run(mut self) -> Result<Report> {
         let steps = self.plan.steps.clone();
         let (total, per_epoch) = (steps.total_steps, steps.steps_per_epoch);
         let mut step = self.trainer.steps_done();
-        self.observer.on_start(&Start {
-            step,
-            total_steps: total,
-            resumed_from: self.resumed_from.clone(),
-        });
+        let parallel = self.collective.as_ref().is_some_and(|c| c.size() > 1);
+        let leader = self.collective.as_ref().is_none_or(|c| c.rank() == 0);
+        if leader {
+            self.observer.on_start(&Start {
+                step,
+                total_steps: total,
+                resumed_from: self.resumed_from.clone(),
+            });
+        }
         let mut tensorboard = match &self.tensorboard {
-            Some(dir) => Some(TensorBoard::open(
+            Some(dir) if leader => Some(TensorBoard::open(
                 dir,
                 self.resumed_from.is_some().then_some(step),
             )?),
-            None => None,
+            _ => None,
         };
         let started = Instant::now();
         // Steps are never cancelled half-way: an interrupt finishes the step, then saves it.
@@ -71,7 +79,17 @@ impl Job<'_> {
                 .collect();
             let lr = self.plan.lr(step);
             let t0 = Instant::now();
-            let stats = self.trainer.step(&batch, lr, &never)?;
+            let (stats, others_interrupted) = match &self.collective {
+                Some(c) if parallel => parallel::step(
+                    c.as_ref(),
+                    &mut self.trainer,
+                    &batch,
+                    lr,
+                    self.interrupter.should_stop(),
+                    self.collective_timeout,
+                )?,
+                _ => (self.trainer.step(&batch, lr, &never)?, false),
+            };
             let seconds = t0.elapsed().as_secs_f64();
             step = stats.step;
             if !stats.loss.is_finite() {
@@ -85,6 +103,15 @@ impl Job<'_> {
                 ));
             }
             self.loss = stats.loss;
+            if !leader {
+                let c = self.collective.as_ref().ok_or_else(|| {
+                    Error::distributed(0, "a follower without a collective (a bug)")
+                })?;
+                if parallel::decide(c.as_ref(), false, self.collective_timeout)? {
+                    break;
+                }
+                continue;
+            }
 
             let epoch = steps.epoch_at(step);
             let mut event = Event::new(step, epoch, self.loss);
@@ -148,7 +175,7 @@ impl Job<'_> {
                 control_log.push(outcome.log_record());
                 self.observer.on_control(&outcome);
             }
-            if self.interrupter.should_stop() {
+            if self.interrupter.should_stop() || others_interrupted {
                 event = event.with_save_now().with_stop();
                 interrupted = true;
             }
@@ -181,9 +208,19 @@ impl Job<'_> {
             if self.observer.on_step(&record) == Flow::Stop {
                 stop = stop.or(Some(StopReason::User));
             }
-            if stop.is_some() {
+            if let Some(c) = self.collective.as_ref().filter(|_| parallel) {
+                parallel::decide(
+                    c.as_ref(),
+                    stop.is_some() || interrupted,
+                    self.collective_timeout,
+                )?;
+            }
+            if stop.is_some() || interrupted {
                 break;
             }
+        }
+        if !leader {
+            return self.follower_report(step, total);
         }
 
         let adapter = self.trainer.adapter()?;
@@ -206,8 +243,34 @@ impl Job<'_> {
             adapter: dir,
             last_checkpoint: self.last_saved.clone(),
         };
+        if let Some(c) = self.collective.as_ref().filter(|_| parallel) {
+            let ending = Ending::new(
+                report.end,
+                report.adapter.clone(),
+                report.last_checkpoint.clone(),
+            );
+            ending.share(c.as_ref(), self.collective_timeout)?;
+        }
         self.observer.on_finish(&report);
         Ok(report)
+    }
+
+    /// The report of a rank other than 0: how rank 0 says the run ended, and where it saved.
+    fn follower_report(&self, step: u64, total: u64) -> Result<Report> {
+        let c = self
+            .collective
+            .as_ref()
+            .ok_or_else(|| Error::distributed(0, "a follower without a collective (a bug)"))?;
+        let ending = Ending::new(End::Finished, Default::default(), None)
+            .share(c.as_ref(), self.collective_timeout)?;
+        Ok(Report {
+            end: ending.end(),
+            step,
+            total_steps: total,
+            loss: self.loss,
+            adapter: ending.adapter,
+            last_checkpoint: ending.last_checkpoint,
+        })
     }
 
     fn diverged(&self, what: String, step: u64, lr: f64) -> Error {
