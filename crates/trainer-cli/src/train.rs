@@ -72,7 +72,7 @@ struct Prepared {
 
 /// The settings of this invocation and their sources: the config files (or, when resuming without one, the
 /// run's own training_parameters.toml), then the flags.
-fn resolve_settings(args: &TrainArgs) -> Result<Resolved> {
+pub fn resolve_settings(args: &TrainArgs) -> Result<Resolved> {
     let mut configs = args.config.clone();
     if configs.is_empty() && args.resume.is_some() {
         let out = args.settings.run.output.clone().unwrap_or_default();
@@ -156,23 +156,8 @@ fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
 
 /// Prints what `--dry-run` shows and writes the LR preview.
 fn dry_run(r: &Resolved, p: &Prepared, show: usize) -> Result<()> {
-    let s = &r.settings;
-    println!("# resolved settings\n{}", s.to_toml()?);
-    println!("{}", r.text());
-    println!("# data\n{}", p.data.summary_text(s.eval_every()));
-    println!(
-        "lora:           r={} alpha={} scale={:.4} targets={}",
-        p.lora.r,
-        p.lora.alpha,
-        p.lora.scaling(),
-        p.lora.target_modules.join(",")
-    );
-    println!("\n# plan\n{}", p.plan.text());
-    print_memory_estimate(s, p)?;
-    for i in 0..show.min(p.data.samples.len()) {
-        println!("\n{}", p.data.sample_text(i, p.model.tokenizer())?);
-    }
-    let out = &s.output;
+    print!("{}", dry_run_text(r, p, show)?);
+    let out = &r.settings.output;
     if !out.as_os_str().is_empty() {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let png = out.join(PREVIEW_FILE);
@@ -183,9 +168,76 @@ fn dry_run(r: &Resolved, p: &Prepared, show: usize) -> Result<()> {
     Ok(())
 }
 
-/// Prints the estimated peak memory of the run, with and without gradient checkpointing, and a warning when it is
-/// more than this process can have.
+/// What `--dry-run` prints (the setup page's Preview shows the same): resolved settings and their sources,
+/// data summary, LoRA, step plan with its warnings, the memory estimate, the first `show` blocks as trained.
+fn dry_run_text(r: &Resolved, p: &Prepared, show: usize) -> Result<String> {
+    let s = &r.settings;
+    let mut out = format!("# resolved settings\n{}\n", s.to_toml()?);
+    out.push_str(&format!("{}\n", r.text()));
+    out.push_str(&format!(
+        "# data\n{}\n",
+        p.data.summary_text(s.eval_every())
+    ));
+    out.push_str(&format!(
+        "lora:           r={} alpha={} scale={:.4} targets={}\n",
+        p.lora.r,
+        p.lora.alpha,
+        p.lora.scaling(),
+        p.lora.target_modules.join(",")
+    ));
+    out.push_str(&format!("\n# plan\n{}\n", p.plan.text()));
+    out.push_str(&memory_text(s, p)?);
+    for i in 0..show.min(p.data.samples.len()) {
+        out.push_str(&format!(
+            "\n{}\n",
+            p.data.sample_text(i, p.model.tokenizer())?
+        ));
+    }
+    Ok(out)
+}
+
+/// What the setup page's Preview shows: the dry run's text and the learning-rate curve (epoch, lr).
+pub struct Preview {
+    /// The text `--dry-run` prints.
+    pub text: String,
+    /// The learning rate at every optimizer step, against the epoch.
+    pub lr_curve: Vec<(f64, f64)>,
+}
+
+/// The dry run of `args` as text and data, without printing or writing anything (the setup page's Preview).
+pub fn preview(args: &TrainArgs) -> Result<Preview> {
+    let mut r = resolve_settings(args)?;
+    let mut p = prepare(&r.settings, true)?;
+    init_adapter::apply(&mut r.settings, &mut p.lora, &p.model, &mut r.sources)?;
+    let mut text = String::new();
+    if let Some(warning) = r
+        .settings
+        .adapter_formats
+        .0
+        .resolve(&p.model, &p.lora)?
+        .warning
+    {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    for note in &p.data.notes {
+        text.push_str(&format!("note: {note}\n"));
+    }
+    text.push_str(&dry_run_text(&r, &p, args.show_blocks)?);
+    Ok(Preview {
+        text,
+        lr_curve: p.plan.lr_curve(),
+    })
+}
+
+/// Prints the estimated peak memory of the run (see [`memory_text`]).
 fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
+    print!("{}", memory_text(s, p)?);
+    Ok(())
+}
+
+/// The estimated peak memory of the run, with and without gradient checkpointing, and a warning when it is
+/// more than this process can have.
+fn memory_text(s: &Settings, p: &Prepared) -> Result<String> {
     let est = |ckpt| {
         p.model
             .estimate_training(&p.lora, (s.batch_size, s.cutoff), ckpt)
@@ -196,8 +248,8 @@ fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
     } else {
         without
     };
-    println!(
-        "memory:         about {} at peak: weights {} + trainable and optimizer {} + activations {} (batch {} x cutoff {}) + runtime {}\n                gradient_checkpointing = true: about {}; = false: about {}",
+    let mut out = format!(
+        "memory:         about {} at peak: weights {} + trainable and optimizer {} + activations {} (batch {} x cutoff {}) + runtime {}\n                gradient_checkpointing = true: about {}; = false: about {}\n",
         mib(chosen.total()),
         mib(chosen.weights),
         mib(chosen.trainable),
@@ -210,18 +262,46 @@ fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
     );
     if let Some(limit) = trainer_core::memory::process_limit() {
         if chosen.total() > limit.bytes {
-            println!(
-                "warning:        that is more than the {} this process can have ({}): set gradient_checkpointing = true, or lower batch_size or cutoff",
+            out.push_str(&format!(
+                "warning:        that is more than the {} this process can have ({}): set gradient_checkpointing = true, or lower batch_size or cutoff\n",
                 mib(limit.bytes),
                 limit.source
-            );
+            ));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Runs `trainer-cli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    run_with(args, None)
+}
+
+impl TrainArgs {
+    /// The arguments of `trainer-cli train` with these setting flags and nothing else (the setup page's Start,
+    /// which runs the job as the command line would with the same flags).
+    pub fn from_settings(settings: SettingFlags) -> Self {
+        TrainArgs {
+            config: Vec::new(),
+            dry_run: false,
+            overwrite: false,
+            resume: None,
+            progress: ProgressMode::None,
+            show_blocks: 3,
+            dump_dataset: None,
+            dementor: None,
+            settings,
+            ui: UiFlags {
+                ui: None,
+                ui_public: false,
+            },
+        }
+    }
+}
+
+/// Runs a training as `train` does. With `interrupter`, the caller raises it (the `ui` server on Ctrl-C) and
+/// no signal handler is installed; without one, Ctrl-C and SIGTERM raise a new one.
+pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<ExitCode> {
     if args.dry_run && args.ui.ui.is_some() {
         bail!("--ui serves a training run's page; --dry-run starts no run: drop one of them");
     }
@@ -322,7 +402,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         None => None,
     };
 
-    let interrupter = Interrupter::new();
+    let own_signals = interrupter.is_none();
+    let interrupter = interrupter.unwrap_or_default();
     let Prepared {
         model,
         lora,
@@ -373,7 +454,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     store
         .write_file(PARAMETERS_FILE, settings.to_toml()?.as_bytes())
         .map_err(|e| disk_full_hint(e, &output))?;
-    signals::interrupt_on_signal(interrupter)?;
+    if own_signals {
+        signals::interrupt_on_signal(interrupter)?;
+    }
     let report = job.run().map_err(|e| disk_full_hint(e, &output))?;
 
     let loss = report.loss;

@@ -5,10 +5,12 @@
 //! request never touches the run.
 
 mod assets;
+mod form;
 mod hub;
 mod observer;
 mod runs;
 mod server;
+mod setup;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -194,6 +196,10 @@ pub struct UiArgs {
     /// Allow an address that is not loopback.
     #[arg(long)]
     pub ui_public: bool,
+    /// Serve the setup page (a form to set up, preview and start runs, written under --runs): the form may name
+    /// models and data files under DIR only. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub ui_root: Vec<PathBuf>,
 }
 
 /// Runs `trainer-cli ui`: serves the runs under `--runs` until Ctrl-C.
@@ -211,11 +217,35 @@ pub fn serve_runs(args: &UiArgs) -> Result<ExitCode> {
     };
     let bound = Bound::bind(&flags)?;
     eprintln!("runs page: {}", bound.url());
-    let state = Arc::new(runs::Runs {
-        auth: bound.auth,
-        root,
+    let mut roots = Vec::new();
+    for r in &args.ui_root {
+        let c = r
+            .canonicalize()
+            .with_context(|| format!("--ui-root: cannot open folder {}", r.display()))?;
+        if !c.is_dir() {
+            bail!("--ui-root: {} is not a folder", r.display());
+        }
+        roots.push(c);
+    }
+    let setup = (!roots.is_empty()).then(|| {
+        Arc::new(setup::Setup {
+            auth: bound.auth.clone(),
+            roots,
+            runs_root: root.clone(),
+            slot: Mutex::default(),
+            preview: Mutex::default(),
+        })
     });
-    let app = runs::router(state);
+    let state = Arc::new(runs::Runs {
+        auth: bound.auth.clone(),
+        root,
+        setup: setup.is_some(),
+    });
+    let mut app = runs::router(state);
+    if let Some(s) = &setup {
+        app = app.merge(setup::router(s.clone()));
+        eprintln!("setup page: {}setup?token={}", bound.base, bound.auth.token);
+    }
     let listener = bound.listener;
     bound.runtime.block_on(async move {
         axum::serve(listener, app)
@@ -225,5 +255,9 @@ pub fn serve_runs(args: &UiArgs) -> Result<ExitCode> {
             .await
     })?;
     bound.runtime.shutdown_background();
+    // Ctrl-C: a run started from the page finishes its step and saves a resumable checkpoint, as `train` does.
+    if let Some(code) = setup.and_then(|s| s.stop_and_wait()) {
+        return Ok(code);
+    }
     Ok(ExitCode::SUCCESS)
 }
