@@ -12,6 +12,7 @@ mod runs;
 mod server;
 mod setup;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -247,12 +248,14 @@ pub fn serve_runs(args: &UiArgs) -> Result<ExitCode> {
         eprintln!("setup page: {}setup?token={}", bound.base, bound.auth.token);
     }
     let listener = bound.listener;
+    // Ctrl-C ends the server at once: open event streams never end by themselves, so no graceful wait.
     bound.runtime.block_on(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
+        let served = std::pin::pin!(axum::serve(listener, app).into_future());
+        let interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+        match futures_util::future::select(served, interrupted).await {
+            futures_util::future::Either::Left((served, _)) => served,
+            futures_util::future::Either::Right(_) => Ok(()),
+        }
     })?;
     bound.runtime.shutdown_background();
     // Ctrl-C: a run started from the page finishes its step and saves a resumable checkpoint, as `train` does.

@@ -101,6 +101,9 @@ impl Setup {
             (slot.interrupter.clone(), slot.handle.take())
         };
         let handle = handle?;
+        if !handle.is_finished() {
+            eprintln!("interrupt: the run finishes its current step, then saves a checkpoint");
+        }
         interrupter.stop();
         let _ = handle.join();
         let state = lock(&self.slot).state;
