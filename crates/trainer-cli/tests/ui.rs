@@ -458,6 +458,10 @@ fn run_page_in_a_browser() {
             .await
             .unwrap();
         assert!(listed.as_array().unwrap().iter().any(|n| n.as_str() == Some(name.as_str())), "{listed}");
+        // The control outcomes, read back from the training log.
+        let controls = text(&c, "control-log").await;
+        assert!(controls.contains("applied: save-now"), "{controls}");
+        assert!(controls.contains("applied: set stop_at_loss=1000"), "{controls}");
         std::fs::write(shots.join("runs-run.png"), c.screenshot().await.unwrap()).unwrap();
         c.close().await.unwrap();
     });

@@ -271,6 +271,7 @@ fn setup_page_in_a_browser() {
             "{preview}"
         );
         assert_eq!(text(&c, "err-dropout").await, "");
+        c.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
         std::fs::write(
             screenshot_dir().join("setup.png"),
             c.screenshot().await.unwrap(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::{SettingFlags, Settings};
@@ -80,6 +80,17 @@ pub fn values_of(s: &Settings) -> BTreeMap<String, (String, &'static str)> {
                 _ => "text",
             };
             (k, (shown(&v), kind))
+        })
+        .collect()
+}
+
+/// Each setting's help text, as `train --help` shows it, by setting key.
+pub fn help_texts() -> BTreeMap<String, String> {
+    Flags::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let key = a.get_long()?.replace('-', "_");
+            Some((key, a.get_help()?.to_string()))
         })
         .collect()
 }
@@ -221,6 +232,11 @@ mod tests {
         assert_eq!(errs[0].message, expected);
         let errs = train_args(&form(&[("nope", "1")]), &[], None).unwrap_err();
         assert_eq!(errs[0].field, "nope");
+        // Every setting has a field with train's help text.
+        let help = help_texts();
+        for key in values_of(&Settings::default()).keys() {
+            assert!(help.get(key).is_some_and(|h| !h.is_empty()), "{key}");
+        }
     }
 
     #[test]

@@ -178,7 +178,23 @@ pub fn log_line_events(line: &str) -> Vec<(&'static str, Value)> {
         .and_then(Value::as_str)
         .map(str::to_string);
     let step = r.get("step").cloned().unwrap_or(Value::Null);
+    let controls = match r.remove("control") {
+        Some(Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
     let mut out = vec![("step", Value::Object(r))];
+    // The live-control outcomes the run logged at this step, as a served run's page gets them.
+    for c in controls {
+        let field = |k: &str| c.get(k).cloned().unwrap_or(Value::Null);
+        out.push((
+            "control",
+            json!({
+                "outcome": field("outcome"),
+                "command": {"command": field("command"), "assignment": field("assignment")},
+                "reason": field("reason"),
+            }),
+        ));
+    }
     if let Some(name) = checkpoint {
         let reason = reason_of(&name);
         out.push((
@@ -409,6 +425,17 @@ pub fn router(s: Arc<Runs>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_control_outcomes_become_control_events() {
+        let line = r#"{"step":3,"epoch":0.5,"loss":2.0,"control":[{"command":"set","assignment":"stop_at_loss=1.5","outcome":"applied"},{"outcome":"unreadable","reason":"not JSON"}]}"#;
+        let events = log_line_events(line);
+        let kinds: Vec<&str> = events.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, ["step", "control", "control"]);
+        assert_eq!(events[1].1["command"]["assignment"], "stop_at_loss=1.5");
+        assert_eq!(events[1].1["outcome"], "applied");
+        assert_eq!(events[2].1["reason"], "not JSON");
+    }
 
     #[test]
     fn reasons_from_names() {

@@ -274,9 +274,13 @@ async fn defaults(
             );
         }
     }
+    let help = form::help_texts();
     let values: serde_json::Map<String, Value> = form::values_of(&settings)
         .into_iter()
-        .map(|(k, (v, kind))| (k, json!({ "value": v, "kind": kind })))
+        .map(|(k, (v, kind))| {
+            let h = help.get(&k).cloned().unwrap_or_default();
+            (k, json!({ "value": v, "kind": kind, "help": h }))
+        })
         .collect();
     Json(json!({ "values": values })).into_response()
 }

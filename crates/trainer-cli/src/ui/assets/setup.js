@@ -26,6 +26,7 @@ function field(key, v) {
   const label = document.createElement("label");
   label.htmlFor = "f-" + key;
   label.textContent = key;
+  if (v.help) label.title = v.help;
   const input = document.createElement("input");
   input.id = "f-" + key;
   input.name = key;
@@ -50,6 +51,7 @@ function build(values) {
     const present = keys.filter(k => values[k] && !used.has(k));
     if (!present.length) continue;
     const fs = document.createElement("fieldset");
+    if (title === "Model" || title === "Data") fs.className = "wide";
     const lg = document.createElement("legend");
     lg.textContent = title;
     fs.appendChild(lg);
