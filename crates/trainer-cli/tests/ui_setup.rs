@@ -162,6 +162,13 @@ fn setup_page_in_a_browser() {
         403,
         "a POST without Origin"
     );
+    let huge = format!(r#"{{"values":{{"text":"{}"}}}}"#, "x".repeat(100_000));
+    assert_eq!(post(addr, &tok, "/api/setup/check", &huge).0, 413);
+    for bad in ["{", "[]", r#"{"values":{"rank":4}}"#, r#"{"name":"x"}"#] {
+        let code = post(addr, &tok, "/api/setup/start", bad).0;
+        assert!((400..500).contains(&code), "{bad}: {code}");
+    }
+    assert!(!runs.join("x").exists());
 
     // What the command line prints for the same bad values.
     let m = model.display().to_string();
