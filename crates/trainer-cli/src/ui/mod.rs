@@ -203,6 +203,21 @@ pub struct UiArgs {
     pub ui_root: Vec<PathBuf>,
 }
 
+/// Ctrl-C, or SIGTERM where there is one (as `train` stops on either).
+async fn interrupt_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            let ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+            let term = std::pin::pin!(term.recv());
+            futures_util::future::select(ctrl_c, term).await;
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Runs `trainer-cli ui`: serves the runs under `--runs` until Ctrl-C.
 pub fn serve_runs(args: &UiArgs) -> Result<ExitCode> {
     let root = args
@@ -251,7 +266,7 @@ pub fn serve_runs(args: &UiArgs) -> Result<ExitCode> {
     // Ctrl-C ends the server at once: open event streams never end by themselves, so no graceful wait.
     bound.runtime.block_on(async move {
         let served = std::pin::pin!(axum::serve(listener, app).into_future());
-        let interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+        let interrupted = std::pin::pin!(interrupt_signal());
         match futures_util::future::select(served, interrupted).await {
             futures_util::future::Either::Left((served, _)) => served,
             futures_util::future::Either::Right(_) => Ok(()),

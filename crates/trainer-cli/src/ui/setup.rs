@@ -345,7 +345,7 @@ async fn preview(
     };
     let done = tokio::task::spawn_blocking(move || {
         let _one = lock(&s.preview);
-        train::preview(&args)
+        crate::dry_run::preview(&args)
     })
     .await;
     match done {
