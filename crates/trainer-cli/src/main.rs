@@ -7,6 +7,7 @@
 mod chunk;
 mod clock;
 mod control;
+mod dry_run;
 mod eval;
 mod export_gguf;
 mod fsutil;

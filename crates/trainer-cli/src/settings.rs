@@ -254,7 +254,6 @@ impl Settings {
 
     /// Parses TOML text over the defaults (as [`Settings::overlay_toml`]; the program reads its files through
     /// `sources::Resolved`, the tests and the settings fuzz target through this).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn from_toml(text: &str) -> Result<Self> {
         let mut s = Settings::default();
         s.overlay_toml(text)?;

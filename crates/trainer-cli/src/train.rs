@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use checkpoint_policy::StopReason;
 use clap::Args;
 use lora_targets::LoraSettings;
 use trainer_core::job::{
     ControlFile, DataFiles, DirStore, End, Interrupter, Job, TrainingData, TrainingPlan,
-    GRAPH_FILE, PARAMETERS_FILE, PREVIEW_FILE,
+    GRAPH_FILE, PARAMETERS_FILE,
 };
 use trainer_core::Model;
 
+use crate::dry_run::{dry_run, print_memory_estimate};
 use crate::fsutil::{disk_full_hint, output_error};
 use crate::init_adapter;
 use crate::lock;
@@ -63,16 +64,20 @@ pub struct TrainArgs {
 }
 
 /// Everything a run needs, resolved and validated.
-struct Prepared {
-    model: Model,
-    lora: LoraSettings,
-    data: TrainingData,
-    plan: TrainingPlan,
+pub struct Prepared {
+    /// The base model.
+    pub model: Model,
+    /// The LoRA settings for it.
+    pub lora: LoraSettings,
+    /// The encoded training (and eval) data.
+    pub data: TrainingData,
+    /// The step plan and learning-rate schedule.
+    pub plan: TrainingPlan,
 }
 
 /// The settings of this invocation and their sources: the config files (or, when resuming without one, the
 /// run's own training_parameters.toml), then the flags.
-fn resolve_settings(args: &TrainArgs) -> Result<Resolved> {
+pub fn resolve_settings(args: &TrainArgs) -> Result<Resolved> {
     let mut configs = args.config.clone();
     if configs.is_empty() && args.resume.is_some() {
         let out = args.settings.run.output.clone().unwrap_or_default();
@@ -103,7 +108,7 @@ fn resolve_settings(args: &TrainArgs) -> Result<Resolved> {
 }
 
 /// Reads the data (before the slower model load, so a bad file fails fast), loads the model, encodes and plans.
-fn prepare(s: &Settings, quiet: bool) -> Result<Prepared> {
+pub fn prepare(s: &Settings, quiet: bool) -> Result<Prepared> {
     let files = DataFiles::read(s.data_sources()?, s.data_options())?;
     let t0 = Instant::now();
     let model = load_model_with(&s.model, &s.load_options())?;
@@ -154,74 +159,36 @@ fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Prints what `--dry-run` shows and writes the LR preview.
-fn dry_run(r: &Resolved, p: &Prepared, show: usize) -> Result<()> {
-    let s = &r.settings;
-    println!("# resolved settings\n{}", s.to_toml()?);
-    println!("{}", r.text());
-    println!("# data\n{}", p.data.summary_text(s.eval_every()));
-    println!(
-        "lora:           r={} alpha={} scale={:.4} targets={}",
-        p.lora.r,
-        p.lora.alpha,
-        p.lora.scaling(),
-        p.lora.target_modules.join(",")
-    );
-    println!("\n# plan\n{}", p.plan.text());
-    print_memory_estimate(s, p)?;
-    for i in 0..show.min(p.data.samples.len()) {
-        println!("\n{}", p.data.sample_text(i, p.model.tokenizer())?);
-    }
-    let out = &s.output;
-    if !out.as_os_str().is_empty() {
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        let png = out.join(PREVIEW_FILE);
-        let title = format!("{} LR preview", p.plan.scheduler.schedule());
-        plot_report::render_schedule(&p.plan.lr_curve(), &title, &png)?;
-        println!("\nwrote {}", png.display());
-    }
-    Ok(())
-}
-
-/// Prints the estimated peak memory of the run, with and without gradient checkpointing, and a warning when it is
-/// more than this process can have.
-fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
-    let est = |ckpt| {
-        p.model
-            .estimate_training(&p.lora, (s.batch_size, s.cutoff), ckpt)
-    };
-    let (with, without) = (est(true)?, est(false)?);
-    let chosen = if s.gradient_checkpointing {
-        with
-    } else {
-        without
-    };
-    println!(
-        "memory:         about {} at peak: weights {} + trainable and optimizer {} + activations {} (batch {} x cutoff {}) + runtime {}\n                gradient_checkpointing = true: about {}; = false: about {}",
-        mib(chosen.total()),
-        mib(chosen.weights),
-        mib(chosen.trainable),
-        mib(chosen.activations),
-        s.batch_size,
-        s.cutoff,
-        mib(chosen.runtime),
-        mib(with.total()),
-        mib(without.total())
-    );
-    if let Some(limit) = trainer_core::memory::process_limit() {
-        if chosen.total() > limit.bytes {
-            println!(
-                "warning:        that is more than the {} this process can have ({}): set gradient_checkpointing = true, or lower batch_size or cutoff",
-                mib(limit.bytes),
-                limit.source
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Runs `trainer-cli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    run_with(args, None)
+}
+
+impl TrainArgs {
+    /// The arguments of `trainer-cli train` with these setting flags and nothing else (the setup page's Start,
+    /// which runs the job as the command line would with the same flags).
+    pub fn from_settings(settings: SettingFlags) -> Self {
+        TrainArgs {
+            config: Vec::new(),
+            dry_run: false,
+            overwrite: false,
+            resume: None,
+            progress: ProgressMode::None,
+            show_blocks: 3,
+            dump_dataset: None,
+            dementor: None,
+            settings,
+            ui: UiFlags {
+                ui: None,
+                ui_public: false,
+            },
+        }
+    }
+}
+
+/// Runs a training as `train` does. With `interrupter`, the caller raises it (the `ui` server on Ctrl-C) and
+/// no signal handler is installed; without one, Ctrl-C and SIGTERM raise a new one.
+pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<ExitCode> {
     if args.dry_run && args.ui.ui.is_some() {
         bail!("--ui serves a training run's page; --dry-run starts no run: drop one of them");
     }
@@ -322,7 +289,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         None => None,
     };
 
-    let interrupter = Interrupter::new();
+    let own_signals = interrupter.is_none();
+    let interrupter = interrupter.unwrap_or_default();
     let Prepared {
         model,
         lora,
@@ -373,7 +341,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     store
         .write_file(PARAMETERS_FILE, settings.to_toml()?.as_bytes())
         .map_err(|e| disk_full_hint(e, &output))?;
-    signals::interrupt_on_signal(interrupter)?;
+    if own_signals {
+        signals::interrupt_on_signal(interrupter)?;
+    }
     let report = job.run().map_err(|e| disk_full_hint(e, &output))?;
 
     let loss = report.loss;

@@ -17,3 +17,4 @@ mod real_model;
 mod self_contained;
 mod tools;
 mod ui;
+mod ui_setup;

@@ -18,10 +18,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::common::{small_text, tempdir, tiny_train};
 
 /// How long any one wait of the test may take before it fails.
-const PATIENCE: Duration = Duration::from_secs(180);
+pub const PATIENCE: Duration = Duration::from_secs(180);
 
 /// Kills a child process when the test ends, however it ends.
-struct Killed(Child);
+pub struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -31,7 +31,7 @@ impl Drop for Killed {
 }
 
 /// `chromedriver` if it is installed; `None` (skip) only when `TRAINER_UI_TESTS` is unset.
-fn chromedriver() -> Option<PathBuf> {
+pub fn chromedriver() -> Option<PathBuf> {
     let bin = std::env::var_os("CHROMEDRIVER")
         .map_or_else(|| PathBuf::from("chromedriver"), PathBuf::from);
     let found = Command::new(&bin)
@@ -55,7 +55,7 @@ fn chromedriver() -> Option<PathBuf> {
 }
 
 /// One raw HTTP/1.1 exchange; returns the status code and the response.
-fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(request.as_bytes()).unwrap();
@@ -185,13 +185,13 @@ fn serve_runs(dir: &Path) -> (Killed, String) {
 }
 
 /// Where the browser test leaves its screenshots (docs/ui.md says how to refresh the ones in docs/).
-fn screenshot_dir() -> PathBuf {
+pub fn screenshot_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-async fn browser(driver_port: u16, profile: &Path) -> Client {
+pub async fn browser(driver_port: u16, profile: &Path) -> Client {
     let caps = serde_json::json!({
         "goog:chromeOptions": {
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -216,7 +216,7 @@ async fn browser(driver_port: u16, profile: &Path) -> Client {
     }
 }
 
-async fn js_u64(c: &Client, script: &str) -> u64 {
+pub async fn js_u64(c: &Client, script: &str) -> u64 {
     c.execute(script, vec![])
         .await
         .unwrap()
@@ -225,7 +225,7 @@ async fn js_u64(c: &Client, script: &str) -> u64 {
 }
 
 /// Waits until `script` returns true in the page.
-async fn until(c: &Client, script: &str, what: &str) {
+pub async fn until(c: &Client, script: &str, what: &str) {
     let t0 = Instant::now();
     while c.execute(script, vec![]).await.unwrap().as_bool() != Some(true) {
         assert!(t0.elapsed() < PATIENCE, "timed out waiting for {what}");
@@ -233,7 +233,7 @@ async fn until(c: &Client, script: &str, what: &str) {
     }
 }
 
-async fn text(c: &Client, id: &str) -> String {
+pub async fn text(c: &Client, id: &str) -> String {
     c.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
 }
 
@@ -458,6 +458,10 @@ fn run_page_in_a_browser() {
             .await
             .unwrap();
         assert!(listed.as_array().unwrap().iter().any(|n| n.as_str() == Some(name.as_str())), "{listed}");
+        // The control outcomes, read back from the training log.
+        let controls = text(&c, "control-log").await;
+        assert!(controls.contains("applied: save-now"), "{controls}");
+        assert!(controls.contains("applied: set stop_at_loss=1000"), "{controls}");
         std::fs::write(shots.join("runs-run.png"), c.screenshot().await.unwrap()).unwrap();
         c.close().await.unwrap();
     });

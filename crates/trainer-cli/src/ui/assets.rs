@@ -9,6 +9,9 @@ use axum::Router;
 pub const RUN_HTML: &str = include_str!("assets/run.html");
 /// The list of runs (`ui --runs`).
 pub const RUNS_HTML: &str = include_str!("assets/runs.html");
+/// The setup page (`ui --ui-root`).
+pub const SETUP_HTML: &str = include_str!("assets/setup.html");
+const SETUP_JS: &str = include_str!("assets/setup.js");
 const RUNS_JS: &str = include_str!("assets/runs.js");
 const RUN_JS: &str = include_str!("assets/run.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
@@ -47,6 +50,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
             "/assets/runs.js",
             "text/javascript; charset=utf-8",
             RUNS_JS,
+        ))
+        .merge(file(
+            "/assets/setup.js",
+            "text/javascript; charset=utf-8",
+            SETUP_JS,
         ))
         .merge(file(
             "/assets/style.css",

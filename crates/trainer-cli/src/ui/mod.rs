@@ -5,11 +5,14 @@
 //! request never touches the run.
 
 mod assets;
+mod form;
 mod hub;
 mod observer;
 mod runs;
 mod server;
+mod setup;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -194,6 +197,25 @@ pub struct UiArgs {
     /// Allow an address that is not loopback.
     #[arg(long)]
     pub ui_public: bool,
+    /// Serve the setup page (a form to set up, preview and start runs, written under --runs): the form may name
+    /// models and data files under DIR only. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub ui_root: Vec<PathBuf>,
+}
+
+/// Ctrl-C, or SIGTERM where there is one (as `train` stops on either).
+async fn interrupt_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            let ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+            let term = std::pin::pin!(term.recv());
+            futures_util::future::select(ctrl_c, term).await;
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Runs `trainer-cli ui`: serves the runs under `--runs` until Ctrl-C.
@@ -211,19 +233,49 @@ pub fn serve_runs(args: &UiArgs) -> Result<ExitCode> {
     };
     let bound = Bound::bind(&flags)?;
     eprintln!("runs page: {}", bound.url());
-    let state = Arc::new(runs::Runs {
-        auth: bound.auth,
-        root,
+    let mut roots = Vec::new();
+    for r in &args.ui_root {
+        let c = r
+            .canonicalize()
+            .with_context(|| format!("--ui-root: cannot open folder {}", r.display()))?;
+        if !c.is_dir() {
+            bail!("--ui-root: {} is not a folder", r.display());
+        }
+        roots.push(c);
+    }
+    let setup = (!roots.is_empty()).then(|| {
+        Arc::new(setup::Setup {
+            auth: bound.auth.clone(),
+            roots,
+            runs_root: root.clone(),
+            slot: Mutex::default(),
+            preview: Mutex::default(),
+        })
     });
-    let app = runs::router(state);
+    let state = Arc::new(runs::Runs {
+        auth: bound.auth.clone(),
+        root,
+        setup: setup.is_some(),
+    });
+    let mut app = runs::router(state);
+    if let Some(s) = &setup {
+        app = app.merge(setup::router(s.clone()));
+        eprintln!("setup page: {}setup?token={}", bound.base, bound.auth.token);
+    }
     let listener = bound.listener;
+    // Ctrl-C ends the server at once: open event streams never end by themselves, so no graceful wait.
     bound.runtime.block_on(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
+        let served = std::pin::pin!(axum::serve(listener, app).into_future());
+        let interrupted = std::pin::pin!(interrupt_signal());
+        match futures_util::future::select(served, interrupted).await {
+            futures_util::future::Either::Left((served, _)) => served,
+            futures_util::future::Either::Right(_) => Ok(()),
+        }
     })?;
     bound.runtime.shutdown_background();
+    // Ctrl-C: a run started from the page finishes its step and saves a resumable checkpoint, as `train` does.
+    if let Some(code) = setup.and_then(|s| s.stop_and_wait()) {
+        return Ok(code);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,8 @@ pub struct Runs {
     pub auth: Arc<Auth>,
     /// The folder whose subfolders are runs (canonical).
     pub root: PathBuf,
+    /// Whether the setup page is served (`--ui-root`): the list offers New run, Copy settings and Resume.
+    pub setup: bool,
 }
 
 /// Whether a `train` holds the folder's output lock now (the lock file exists and cannot be shared).
@@ -85,9 +87,11 @@ impl Runs {
                     .or_else(|_| std::fs::metadata(dir.join(PARAMETERS_FILE)))
                     .and_then(|m| m.modified())
                     .unwrap_or(std::time::UNIX_EPOCH);
+                let live = running(&dir);
                 let v = json!({
                     "name": name,
-                    "running": running(&dir),
+                    "running": live,
+                    "resumable": !live && unfinished(&dir, last.as_ref()),
                     "step": last.as_ref().and_then(|r| r.get("step").cloned()),
                     "epoch": last.as_ref().and_then(|r| r.get("epoch").cloned()),
                     "loss": last.as_ref().and_then(|r| r.get("loss").cloned()),
@@ -99,6 +103,27 @@ impl Runs {
         runs.sort_by_key(|r| std::cmp::Reverse(r.0));
         runs.into_iter().map(|(_, v)| v).collect()
     }
+}
+
+/// Whether a run that is not running ended before its planned length (interrupted, stopped, or killed) and has a
+/// checkpoint to resume from: its last logged epoch is short of `epochs` (or its step of `max_steps`).
+fn unfinished(dir: &Path, last: Option<&Value>) -> bool {
+    let resumable = checkpoint_folders(dir).iter().any(|c| {
+        dir.join(c)
+            .join(trainer_core::job::RUN_STATE_FILE)
+            .is_file()
+    });
+    let text = std::fs::read_to_string(dir.join(PARAMETERS_FILE)).unwrap_or_default();
+    let Ok(settings) = crate::settings::Settings::from_toml(&text) else {
+        return false;
+    };
+    let field = |k: &str| last.and_then(|r| r.get(k)).and_then(Value::as_f64);
+    let short = if settings.max_steps > 0 {
+        field("step").is_none_or(|s| s < settings.max_steps as f64)
+    } else {
+        field("epoch").is_none_or(|e| e + 1e-9 < settings.epochs)
+    };
+    resumable && short
 }
 
 /// The checkpoint folders of a run, by name.
@@ -153,7 +178,23 @@ pub fn log_line_events(line: &str) -> Vec<(&'static str, Value)> {
         .and_then(Value::as_str)
         .map(str::to_string);
     let step = r.get("step").cloned().unwrap_or(Value::Null);
+    let controls = match r.remove("control") {
+        Some(Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
     let mut out = vec![("step", Value::Object(r))];
+    // The live-control outcomes the run logged at this step, as a served run's page gets them.
+    for c in controls {
+        let field = |k: &str| c.get(k).cloned().unwrap_or(Value::Null);
+        out.push((
+            "control",
+            json!({
+                "outcome": field("outcome"),
+                "command": {"command": field("command"), "assignment": field("assignment")},
+                "reason": field("reason"),
+            }),
+        ));
+    }
     if let Some(name) = checkpoint {
         let reason = reason_of(&name);
         out.push((
@@ -287,10 +328,11 @@ async fn list(State(s): State<Arc<Runs>>, h: HeaderMap) -> Response {
     if !s.auth.has_cookie(&h) {
         return server::forbidden("no token");
     }
+    let setup = s.setup;
     let runs = tokio::task::spawn_blocking(move || s.list())
         .await
         .unwrap_or_default();
-    Json(json!({ "runs": runs })).into_response()
+    Json(json!({ "runs": runs, "setup": setup })).into_response()
 }
 
 async fn run_page(
@@ -385,6 +427,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn logged_control_outcomes_become_control_events() {
+        let line = r#"{"step":3,"epoch":0.5,"loss":2.0,"control":[{"command":"set","assignment":"stop_at_loss=1.5","outcome":"applied"},{"outcome":"unreadable","reason":"not JSON"}]}"#;
+        let events = log_line_events(line);
+        let kinds: Vec<&str> = events.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, ["step", "control", "control"]);
+        assert_eq!(events[1].1["command"]["assignment"], "stop_at_loss=1.5");
+        assert_eq!(events[1].1["outcome"], "applied");
+        assert_eq!(events[2].1["reason"], "not JSON");
+    }
+
+    #[test]
     fn reasons_from_names() {
         assert_eq!(reason_of("checkpoint-12"), "periodic");
         assert_eq!(reason_of("checkpoint-12-user"), "user");
@@ -407,6 +460,7 @@ mod tests {
                 loopback_port: None,
             }),
             root: root.clone(),
+            setup: false,
         };
         assert_eq!(runs.run_dir("a"), Some(root.join("a")));
         for bad in ["", ".", "..", "../a", "a/..", "/etc", "b", ".hidden", "a\0"] {
