@@ -15,6 +15,8 @@ mod generate;
 mod init_adapter;
 mod lock;
 mod model_files;
+#[cfg(feature = "distributed")]
+mod mpi_collective;
 mod observer;
 mod original_config;
 mod plot;
