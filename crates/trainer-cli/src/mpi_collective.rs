@@ -37,9 +37,10 @@ impl Mpi {
         if size <= 1 {
             return Ok(None);
         }
-        let (universe, _) = mpi::initialize_with_threading(Threading::Funneled).ok_or_else(|| {
-            anyhow::anyhow!("MPI was already initialised in this process (a bug)")
-        })?;
+        let (universe, _) =
+            mpi::initialize_with_threading(Threading::Funneled).ok_or_else(|| {
+                anyhow::anyhow!("MPI was already initialised in this process (a bug)")
+            })?;
         let world = universe.world();
         if world.size() <= 1 {
             return Ok(None);
@@ -127,7 +128,10 @@ impl Collective for MpiCollective<'_> {
         if counts.len() != self.size() || counts[self.rank()] != mine.len() {
             return Err(Error::Distributed {
                 rank: self.rank(),
-                message: format!("all_gather_f32: {} values for counts {counts:?} (a bug)", mine.len()),
+                message: format!(
+                    "all_gather_f32: {} values for counts {counts:?} (a bug)",
+                    mine.len()
+                ),
             });
         }
         let counts32 = counts

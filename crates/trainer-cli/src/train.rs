@@ -11,8 +11,8 @@ use checkpoint_policy::StopReason;
 use clap::Args;
 use lora_targets::LoraSettings;
 use trainer_core::job::{
-    ControlFile, DataFiles, DirStore, End, Interrupter, Job, TrainingData, TrainingPlan,
-    GRAPH_FILE, PARAMETERS_FILE,
+    Collective, ControlFile, DataFiles, DirStore, End, Interrupter, Job, TrainingData,
+    TrainingPlan, GRAPH_FILE, PARAMETERS_FILE,
 };
 use trainer_core::Model;
 
@@ -161,7 +161,20 @@ fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
 
 /// Runs `trainer-cli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    run_with(args, None)
+    // Under `mpirun -n N` (N > 1) with the `distributed` feature, this process is one rank of one job. A
+    // failed rank ends every rank with MPI_Abort: the others would otherwise wait for it until their timeout.
+    #[cfg(feature = "distributed")]
+    if let Some(mpi) = crate::mpi_collective::Mpi::from_launcher()? {
+        let rank = mpi.rank();
+        return match run_ranked(args, None, Some(mpi.collective())) {
+            Ok(code) => Ok(code),
+            Err(err) => {
+                eprintln!("error: process {rank}: {err:#}");
+                mpi.abort(2)
+            }
+        };
+    }
+    run_ranked::<trainer_core::job::ThreadGroup>(args, None, None)
 }
 
 impl TrainArgs {
@@ -189,6 +202,20 @@ impl TrainArgs {
 /// Runs a training as `train` does. With `interrupter`, the caller raises it (the `ui` server on Ctrl-C) and
 /// no signal handler is installed; without one, Ctrl-C and SIGTERM raise a new one.
 pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<ExitCode> {
+    run_ranked::<trainer_core::job::ThreadGroup>(args, interrupter, None)
+}
+
+/// [`run_with`] as one rank of a job joined by `collective` (none: the only process). Rank 0 alone takes the
+/// output folder's lock, prepares the folder, prints and writes; the other ranks are quiet.
+fn run_ranked<C: Collective>(
+    args: &TrainArgs,
+    interrupter: Option<Interrupter>,
+    collective: Option<C>,
+) -> Result<ExitCode> {
+    let leader = collective.as_ref().is_none_or(|c| c.rank() == 0);
+    if !leader && (args.dry_run || args.ui.ui.is_some()) {
+        bail!("--dry-run and --ui are for a single process, not a job under mpirun");
+    }
     if args.dry_run && args.ui.ui.is_some() {
         bail!("--ui serves a training run's page; --dry-run starts no run: drop one of them");
     }
@@ -198,7 +225,7 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     // The output-folder lock, held until this function returns (the whole run), taken before anything in
     // the folder is looked at, cleaned, deleted or written. `--dry-run` takes none: it writes only
     // lr_preview.png (atomically), which no run writes or deletes.
-    let _lock = if args.dry_run {
+    let _lock = if args.dry_run || !leader {
         None
     } else {
         if output.as_os_str().is_empty() {
@@ -216,13 +243,16 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     let mut resume_dir = None;
     if !args.dry_run {
         match args.resume.as_deref() {
-            None => {
+            None if leader => {
                 store.check_new(args.overwrite).map_err(output_error)?;
             }
+            None => {}
             Some(from) => {
                 // A killed run may have left temporaries behind: clean them first.
-                for done in store.recover()? {
-                    eprintln!("{done}");
+                if leader {
+                    for done in store.recover()? {
+                        eprintln!("{done}");
+                    }
                 }
                 resume_dir = Some(match from {
                     "latest" => store.latest_checkpoint()?,
@@ -231,12 +261,12 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
             }
         }
     }
-    if !args.dry_run {
+    if !args.dry_run && leader {
         for original in &resolved.originals {
             eprintln!("note: {}", original.summary());
         }
     }
-    let mut p = prepare(&resolved.settings, false)?;
+    let mut p = prepare(&resolved.settings, !leader)?;
     // A resumed run continues from its checkpoint; its saved settings already hold the adapter's values.
     let init = if args.resume.is_none() {
         init_adapter::apply(
@@ -258,11 +288,13 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
         dry_run(&resolved, &p, args.show_blocks)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if resume_dir.is_none() {
+    if resume_dir.is_none() && leader {
         store.prepare_new(args.overwrite).map_err(output_error)?;
     }
-    eprintln!("{}", p.data.summary_text(settings.eval_every()));
-    eprintln!("{}", p.plan.text());
+    if leader {
+        eprintln!("{}", p.data.summary_text(settings.eval_every()));
+        eprintln!("{}", p.plan.text());
+    }
 
     // The page starts before the job is built; a refused resume drops it with the error.
     let ui = match args.ui.ui {
@@ -322,6 +354,8 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
         None => (None, None),
     };
     builder = match (&ui, commands) {
+        // The other ranks follow rank 0's decisions: no observer (Silent), no control source.
+        _ if !leader => builder,
         (Some(ui), Some(commands)) => builder
             .observer(Both(cli_observer, UiObserver::new(ui.hub.clone(), &output)))
             .control(BothSources(control_file, commands)),
@@ -333,7 +367,17 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     if let Some(adapter) = init {
         builder = builder.init_adapter(adapter);
     }
+    if let Some(c) = collective {
+        builder = builder.collective(c);
+    }
     let job = builder.build()?;
+    if !leader {
+        if own_signals {
+            signals::interrupt_on_signal(interrupter)?;
+        }
+        job.run()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(dir) = job.resumed_from() {
         eprintln!("resuming from {} at step {}", dir.display(), job.step());
     }
