@@ -152,7 +152,6 @@ impl Collective for MpiCollective<'_> {
                 .immediate_all_gather_varcount_into(scope, mine, &mut part);
             self.wait(request, timeout, "gathering gradients");
         });
-        drop(part);
         Ok(out)
     }
 
