@@ -20,6 +20,7 @@ mod mpi_collective;
 mod observer;
 mod original_config;
 mod plot;
+mod ranks;
 mod schedule;
 mod settings;
 mod signals;

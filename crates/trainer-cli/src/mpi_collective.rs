@@ -5,6 +5,8 @@
 //! return: it prints an error naming this process and what it waited for, and ends the whole job with
 //! `MPI_Abort` (mpirun then stops every rank).
 
+use std::cell::Cell;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use mpi::datatype::PartitionMut;
@@ -16,25 +18,34 @@ use mpi::Threading;
 use trainer_core::job::Collective;
 use trainer_core::Error;
 
-/// The exit code of a job ended by a timeout or a failed rank.
+/// The exit code of a job a collective's timeout ended (a process that fails ends it with 2).
 pub const ABORT_CODE: i32 = 3;
 
 /// MPI, initialised for this process, and its world communicator. Dropping it finalises MPI.
 pub struct Mpi {
     world: SimpleCommunicator,
+    traffic: Cell<Traffic>,
     _universe: Universe,
+}
+
+/// What this process's collectives moved and how long they took.
+#[derive(Clone, Copy, Default)]
+struct Traffic {
+    calls: u64,
+    /// Bytes this process contributed to gathers, or broadcast as rank 0.
+    sent: u64,
+    /// Bytes it received from the others.
+    received: u64,
+    /// Time inside collectives: moving the bytes and waiting for the slowest process.
+    inside: Duration,
+    first: Option<Instant>,
 }
 
 impl Mpi {
     /// MPI when this process was started by `mpirun` with more than one rank; `None` otherwise (a plain
     /// `trainer-cli train`, or `mpirun -n 1`), so a single process never initialises MPI.
     pub fn from_launcher() -> anyhow::Result<Option<Mpi>> {
-        let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok())
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(1);
-        if size <= 1 {
+        if crate::ranks::launched_size() <= 1 {
             return Ok(None);
         }
         let (universe, _) =
@@ -47,53 +58,95 @@ impl Mpi {
         }
         Ok(Some(Mpi {
             world,
+            traffic: Cell::default(),
             _universe: universe,
         }))
     }
 
-    /// This process's rank.
-    pub fn rank(&self) -> usize {
-        self.world.rank() as usize
+    /// Runs `job` as this process's part of the job. A failed process prints its error and ends every process
+    /// of the job with `MPI_Abort` (exit code 2): the others would otherwise wait for it until their timeout.
+    /// A process that ends well prints what its collectives moved.
+    pub fn run(
+        &self,
+        job: impl FnOnce(MpiCollective<'_>) -> anyhow::Result<ExitCode>,
+    ) -> anyhow::Result<ExitCode> {
+        match job(MpiCollective { mpi: self }) {
+            Ok(code) => {
+                crate::ranks::say(&self.traffic_text());
+                Ok(code)
+            }
+            Err(err) => {
+                // The library's distributed errors already name the process.
+                match err.downcast_ref::<Error>() {
+                    Some(Error::Distributed { .. }) => {
+                        crate::ranks::say(&format!("error: {err:#}"))
+                    }
+                    _ => {
+                        crate::ranks::say(&format!("error: process {}: {err:#}", self.world.rank()))
+                    }
+                }
+                self.world.abort(2)
+            }
+        }
     }
 
-    /// The collective for the job.
-    pub fn collective(&self) -> MpiCollective<'_> {
-        MpiCollective { world: &self.world }
-    }
-
-    /// Ends every process of the job with `code` (after this process printed why).
-    pub fn abort(&self, code: i32) -> ! {
-        self.world.abort(code)
+    /// One line: this process's collectives, bytes and time in them, against the time since the first.
+    fn traffic_text(&self) -> String {
+        let t = self.traffic.get();
+        let since = t.first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+        let inside = t.inside.as_secs_f64();
+        format!(
+            "process {} of {}: {} collectives, sent {:.2} MB, received {:.2} MB, {inside:.2} s in them ({:.1}% of the {since:.2} s since the first)",
+            self.world.rank(),
+            self.world.size(),
+            t.calls,
+            t.sent as f64 / 1e6,
+            t.received as f64 / 1e6,
+            100.0 * inside / since.max(1e-9),
+        )
     }
 }
 
 /// The [`Collective`] over MPI's world communicator.
 pub struct MpiCollective<'u> {
-    world: &'u SimpleCommunicator,
+    mpi: &'u Mpi,
 }
 
 impl MpiCollective<'_> {
     /// Polls `request` until it completes or `timeout` passes; on timeout the job is aborted (see the module).
+    /// Counts the call, its `sent` and `received` bytes and its time.
     fn wait<'a, D: ?Sized>(
         &self,
         mut request: Request<'a, D, &LocalScope<'a>>,
         timeout: Duration,
         what: &str,
+        (sent, received): (usize, usize),
     ) {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut pause = Duration::from_micros(20);
         loop {
             match request.test() {
-                Ok(_) => return,
+                Ok(_) => {
+                    let mut t = self.mpi.traffic.get();
+                    t.calls += 1;
+                    t.sent += sent as u64;
+                    t.received += received as u64;
+                    t.inside += start.elapsed();
+                    t.first.get_or_insert(start);
+                    self.mpi.traffic.set(t);
+                    return;
+                }
                 Err(pending) => request = pending,
             }
             if Instant::now() >= deadline {
-                let rank = self.world.rank();
-                eprintln!(
-                    "error: process {rank}: no answer from the other processes for {} s ({what}); stopping the job",
+                let rank = self.mpi.world.rank();
+                crate::ranks::say(&format!(
+                    "error: process {rank}: no answer from the other processes for {} s ({what}); stopping the job \
+                     (the last checkpoint resumes with --resume latest; --collective-timeout sets the wait)",
                     timeout.as_secs_f64()
-                );
-                self.world.abort(ABORT_CODE);
+                ));
+                self.mpi.world.abort(ABORT_CODE);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
@@ -112,11 +165,11 @@ impl MpiCollective<'_> {
 
 impl Collective for MpiCollective<'_> {
     fn rank(&self) -> usize {
-        self.world.rank() as usize
+        self.mpi.world.rank() as usize
     }
 
     fn size(&self) -> usize {
-        self.world.size() as usize
+        self.mpi.world.size() as usize
     }
 
     fn all_gather_f32(
@@ -145,12 +198,16 @@ impl Collective for MpiCollective<'_> {
             at += c;
         }
         let mut out = vec![0f32; at];
+        let received = std::mem::size_of_val(&out[..]) - std::mem::size_of_val(mine);
         let mut part = PartitionMut::new(&mut out[..], &counts32[..], &displs[..]);
         mpi::request::scope(|scope| {
             let request = self
+                .mpi
                 .world
                 .immediate_all_gather_varcount_into(scope, mine, &mut part);
-            self.wait(request, timeout, "gathering gradients");
+            let sent = std::mem::size_of_val(mine);
+            let io = (sent, received);
+            self.wait(request, timeout, "gathering gradients", io);
         });
         Ok(out)
     }
@@ -159,19 +216,28 @@ impl Collective for MpiCollective<'_> {
         let mut out = vec![0u64; mine.len() * self.size()];
         mpi::request::scope(|scope| {
             let request = self
+                .mpi
                 .world
                 .immediate_all_gather_into(scope, mine, &mut out[..]);
-            self.wait(request, timeout, "gathering numbers");
+            let bytes = std::mem::size_of_val(mine);
+            let io = (bytes, bytes * (self.size() - 1));
+            self.wait(request, timeout, "gathering numbers", io);
         });
         Ok(out)
     }
 
     fn broadcast(&self, bytes: &mut Vec<u8>, timeout: Duration) -> trainer_core::Result<()> {
-        let root = self.world.process_at_rank(0);
+        let root = self.mpi.world.process_at_rank(0);
+        let root_sends = |n: usize| if self.rank() == 0 { (n, 0) } else { (0, n) };
         let mut len = [bytes.len() as u64];
         mpi::request::scope(|scope| {
             let request = root.immediate_broadcast_into(scope, &mut len[..]);
-            self.wait(request, timeout, "waiting for process 0's decision");
+            self.wait(
+                request,
+                timeout,
+                "waiting for process 0's decision",
+                root_sends(8),
+            );
         });
         let len = usize::try_from(len[0]).unwrap_or(usize::MAX);
         self.count(len)?;
@@ -181,7 +247,12 @@ impl Collective for MpiCollective<'_> {
         }
         mpi::request::scope(|scope| {
             let request = root.immediate_broadcast_into(scope, &mut bytes[..]);
-            self.wait(request, timeout, "waiting for process 0's decision");
+            self.wait(
+                request,
+                timeout,
+                "waiting for process 0's decision",
+                root_sends(len),
+            );
         });
         Ok(())
     }

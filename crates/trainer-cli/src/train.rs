@@ -11,7 +11,7 @@ use checkpoint_policy::StopReason;
 use clap::Args;
 use lora_targets::LoraSettings;
 use trainer_core::job::{
-    Collective, ControlFile, DataFiles, DirStore, End, Interrupter, Job, TrainingData,
+    Collective, ControlFile, DataFiles, DirStore, End, Interrupter, Job, Report, TrainingData,
     TrainingPlan, GRAPH_FILE, PARAMETERS_FILE,
 };
 use trainer_core::Model;
@@ -22,6 +22,7 @@ use crate::init_adapter;
 use crate::lock;
 use crate::model_files::{load_model_with, mib};
 use crate::observer::{CliObserver, ProgressMode};
+use crate::ranks::{self, RankFlags};
 use crate::settings::{SettingFlags, Settings};
 use crate::signals;
 use crate::sources::Resolved;
@@ -57,6 +58,8 @@ pub struct TrainArgs {
     /// The old spelling of `--mode dementor` / `--mode precise`.
     #[arg(long, hide = true, value_name = "BOOL")]
     pub dementor: Option<bool>,
+    #[command(flatten)]
+    pub ranks: RankFlags,
     #[command(flatten)]
     pub settings: SettingFlags,
     #[command(flatten)]
@@ -161,19 +164,13 @@ fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
 
 /// Runs `trainer-cli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    // Under `mpirun -n N` (N > 1) with the `distributed` feature, this process is one rank of one job. A
-    // failed rank ends every rank with MPI_Abort: the others would otherwise wait for it until their timeout.
+    // Under `mpirun -n N` (N > 1) with the `distributed` feature, this process is one rank of one job.
     #[cfg(feature = "distributed")]
     if let Some(mpi) = crate::mpi_collective::Mpi::from_launcher()? {
-        let rank = mpi.rank();
-        return match run_ranked(args, None, Some(mpi.collective())) {
-            Ok(code) => Ok(code),
-            Err(err) => {
-                eprintln!("error: process {rank}: {err:#}");
-                mpi.abort(2)
-            }
-        };
+        return mpi.run(|c| run_ranked(args, None, Some(c)));
     }
+    #[cfg(not(feature = "distributed"))]
+    ranks::refuse_unjoined(ranks::launched_size())?;
     run_ranked::<trainer_core::job::ThreadGroup>(args, None, None)
 }
 
@@ -190,6 +187,7 @@ impl TrainArgs {
             show_blocks: 3,
             dump_dataset: None,
             dementor: None,
+            ranks: RankFlags::default(),
             settings,
             ui: UiFlags {
                 ui: None,
@@ -212,8 +210,9 @@ fn run_ranked<C: Collective>(
     interrupter: Option<Interrupter>,
     collective: Option<C>,
 ) -> Result<ExitCode> {
-    let leader = collective.as_ref().is_none_or(|c| c.rank() == 0);
-    if !leader && (args.dry_run || args.ui.ui.is_some()) {
+    let (rank, size) = collective.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+    let leader = rank == 0;
+    if size > 1 && (args.dry_run || args.ui.ui.is_some()) {
         bail!("--dry-run and --ui are for a single process, not a job under mpirun");
     }
     if args.dry_run && args.ui.ui.is_some() {
@@ -254,12 +253,24 @@ fn run_ranked<C: Collective>(
                         eprintln!("{done}");
                     }
                 }
-                resume_dir = Some(match from {
-                    "latest" => store.latest_checkpoint()?,
-                    dir => PathBuf::from(dir),
-                });
+                if leader {
+                    resume_dir = Some(match from {
+                        "latest" => store.latest_checkpoint()?,
+                        dir => PathBuf::from(dir),
+                    });
+                }
             }
         }
+    }
+    if let Some(c) = collective
+        .as_ref()
+        .filter(|_| size > 1 && args.resume.is_some())
+    {
+        resume_dir = Some(ranks::share_resume_dir(
+            c,
+            resume_dir,
+            args.ranks.timeout(),
+        )?);
     }
     if !args.dry_run && leader {
         for original in &resolved.originals {
@@ -280,10 +291,12 @@ fn run_ranked<C: Collective>(
     };
     let settings = resolved.settings.clone();
     let formats = settings.adapter_formats.0.resolve(&p.model, &p.lora)?;
-    if let Some(warning) = &formats.warning {
-        eprintln!("warning: {warning}");
+    if leader {
+        if let Some(warning) = &formats.warning {
+            eprintln!("warning: {warning}");
+        }
+        dump_if_asked(&p, args.dump_dataset.as_deref())?;
     }
-    dump_if_asked(&p, args.dump_dataset.as_deref())?;
     if args.dry_run {
         dry_run(&resolved, &p, args.show_blocks)?;
         return Ok(ExitCode::SUCCESS);
@@ -368,18 +381,30 @@ fn run_ranked<C: Collective>(
         builder = builder.init_adapter(adapter);
     }
     if let Some(c) = collective {
-        builder = builder.collective(c);
+        builder = builder
+            .collective(c)
+            .collective_timeout(args.ranks.timeout());
     }
     let job = builder.build()?;
     if !leader {
         if own_signals {
             signals::interrupt_on_signal(interrupter)?;
         }
-        job.run()?;
-        return Ok(ExitCode::SUCCESS);
+        let report = job.run()?;
+        ranks::say(&format!(
+            "process {rank} of {size}: followed process 0 to step {} of {} ({})",
+            report.step,
+            report.total_steps,
+            ending_text(&report)
+        ));
+        return Ok(exit_code(report.end));
     }
     if let Some(dir) = job.resumed_from() {
-        eprintln!("resuming from {} at step {}", dir.display(), job.step());
+        ranks::say(&format!(
+            "resuming from {} at step {}",
+            dir.display(),
+            job.step()
+        ));
     }
     // Written only now: a refused resume leaves the run's parameters as they were.
     store
@@ -390,22 +415,15 @@ fn run_ranked<C: Collective>(
     }
     let report = job.run().map_err(|e| disk_full_hint(e, &output))?;
 
-    let loss = report.loss;
-    let why = match report.end {
-        End::Finished => "finished".to_string(),
-        End::Interrupted => "interrupted".to_string(),
-        End::Stopped(StopReason::AtLoss) => format!("stopped at loss {loss:.4}"),
-        End::Stopped(StopReason::AtEpoch) => "stopped at the requested epoch".to_string(),
-        End::Stopped(StopReason::User) => "stopped on request".to_string(),
-        End::Stopped(other) => format!("stopped ({other:?})"),
-    };
-    eprintln!(
-        "{why} after {} of {} steps, loss {loss:.4}. Adapter: {}\ngraph: {}",
+    ranks::say(&format!(
+        "{} after {} of {} steps, loss {:.4}. Adapter: {}\ngraph: {}",
+        ending_text(&report),
         report.step,
         report.total_steps,
+        report.loss,
         output.display(),
         output.join(GRAPH_FILE).display()
-    );
+    ));
     if report.end == End::Interrupted {
         if let Some(dir) = &report.last_checkpoint {
             eprintln!(
@@ -414,9 +432,29 @@ fn run_ranked<C: Collective>(
                 dir.display()
             );
         }
-        return Ok(ExitCode::from(130));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(report.end))
+}
+
+/// How a run ended, in words.
+fn ending_text(report: &Report) -> String {
+    match report.end {
+        End::Finished => "finished".to_string(),
+        End::Interrupted => "interrupted".to_string(),
+        End::Stopped(StopReason::AtLoss) => format!("stopped at loss {:.4}", report.loss),
+        End::Stopped(StopReason::AtEpoch) => "stopped at the requested epoch".to_string(),
+        End::Stopped(StopReason::User) => "stopped on request".to_string(),
+        End::Stopped(other) => format!("stopped ({other:?})"),
+    }
+}
+
+/// 130 for an interrupted run (as after Ctrl-C), 0 otherwise.
+fn exit_code(end: End) -> ExitCode {
+    if end == End::Interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Runs `trainer-cli check`: the original's "Verify dataset", with exact numbers and suggestions, without
