@@ -246,20 +246,18 @@ fn run_ranked<C: Collective>(
                 store.check_new(args.overwrite).map_err(output_error)?;
             }
             None => {}
-            Some(from) => {
+            // Rank 0 picks the checkpoint and tells the others (below).
+            Some(from) if leader => {
                 // A killed run may have left temporaries behind: clean them first.
-                if leader {
-                    for done in store.recover()? {
-                        eprintln!("{done}");
-                    }
+                for done in store.recover()? {
+                    eprintln!("{done}");
                 }
-                if leader {
-                    resume_dir = Some(match from {
-                        "latest" => store.latest_checkpoint()?,
-                        dir => PathBuf::from(dir),
-                    });
-                }
+                resume_dir = Some(match from {
+                    "latest" => store.latest_checkpoint()?,
+                    dir => PathBuf::from(dir),
+                });
             }
+            Some(_) => {}
         }
     }
     if let Some(c) = collective
