@@ -15,9 +15,12 @@ mod generate;
 mod init_adapter;
 mod lock;
 mod model_files;
+#[cfg(feature = "distributed")]
+mod mpi_collective;
 mod observer;
 mod original_config;
 mod plot;
+mod ranks;
 mod schedule;
 mod settings;
 mod signals;

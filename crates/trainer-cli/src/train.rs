@@ -11,8 +11,8 @@ use checkpoint_policy::StopReason;
 use clap::Args;
 use lora_targets::LoraSettings;
 use trainer_core::job::{
-    ControlFile, DataFiles, DirStore, End, Interrupter, Job, TrainingData, TrainingPlan,
-    GRAPH_FILE, PARAMETERS_FILE,
+    Collective, ControlFile, DataFiles, DirStore, End, Interrupter, Job, Report, TrainingData,
+    TrainingPlan, GRAPH_FILE, PARAMETERS_FILE,
 };
 use trainer_core::Model;
 
@@ -22,6 +22,7 @@ use crate::init_adapter;
 use crate::lock;
 use crate::model_files::{load_model_with, mib};
 use crate::observer::{CliObserver, ProgressMode};
+use crate::ranks::{self, RankFlags};
 use crate::settings::{SettingFlags, Settings};
 use crate::signals;
 use crate::sources::Resolved;
@@ -57,6 +58,8 @@ pub struct TrainArgs {
     /// The old spelling of `--mode dementor` / `--mode precise`.
     #[arg(long, hide = true, value_name = "BOOL")]
     pub dementor: Option<bool>,
+    #[command(flatten)]
+    pub ranks: RankFlags,
     #[command(flatten)]
     pub settings: SettingFlags,
     #[command(flatten)]
@@ -161,7 +164,14 @@ fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
 
 /// Runs `trainer-cli train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    run_with(args, None)
+    // Under `mpirun -n N` (N > 1) with the `distributed` feature, this process is one rank of one job.
+    #[cfg(feature = "distributed")]
+    if let Some(mpi) = crate::mpi_collective::Mpi::from_launcher()? {
+        return mpi.run(|c| run_ranked(args, None, Some(c)));
+    }
+    #[cfg(not(feature = "distributed"))]
+    ranks::refuse_unjoined(ranks::launched_size())?;
+    run_ranked::<trainer_core::job::ThreadGroup>(args, None, None)
 }
 
 impl TrainArgs {
@@ -177,6 +187,7 @@ impl TrainArgs {
             show_blocks: 3,
             dump_dataset: None,
             dementor: None,
+            ranks: RankFlags::default(),
             settings,
             ui: UiFlags {
                 ui: None,
@@ -189,6 +200,21 @@ impl TrainArgs {
 /// Runs a training as `train` does. With `interrupter`, the caller raises it (the `ui` server on Ctrl-C) and
 /// no signal handler is installed; without one, Ctrl-C and SIGTERM raise a new one.
 pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<ExitCode> {
+    run_ranked::<trainer_core::job::ThreadGroup>(args, interrupter, None)
+}
+
+/// [`run_with`] as one rank of a job joined by `collective` (none: the only process). Rank 0 alone takes the
+/// output folder's lock, prepares the folder, prints and writes; the other ranks are quiet.
+fn run_ranked<C: Collective>(
+    args: &TrainArgs,
+    interrupter: Option<Interrupter>,
+    collective: Option<C>,
+) -> Result<ExitCode> {
+    let (rank, size) = collective.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+    let leader = rank == 0;
+    if size > 1 && (args.dry_run || args.ui.ui.is_some()) {
+        bail!("--dry-run and --ui are for a single process, not a job under mpirun");
+    }
     if args.dry_run && args.ui.ui.is_some() {
         bail!("--ui serves a training run's page; --dry-run starts no run: drop one of them");
     }
@@ -198,7 +224,7 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     // The output-folder lock, held until this function returns (the whole run), taken before anything in
     // the folder is looked at, cleaned, deleted or written. `--dry-run` takes none: it writes only
     // lr_preview.png (atomically), which no run writes or deletes.
-    let _lock = if args.dry_run {
+    let _lock = if args.dry_run || !leader {
         None
     } else {
         if output.as_os_str().is_empty() {
@@ -216,10 +242,12 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     let mut resume_dir = None;
     if !args.dry_run {
         match args.resume.as_deref() {
-            None => {
+            None if leader => {
                 store.check_new(args.overwrite).map_err(output_error)?;
             }
-            Some(from) => {
+            None => {}
+            // Rank 0 picks the checkpoint and tells the others (below).
+            Some(from) if leader => {
                 // A killed run may have left temporaries behind: clean them first.
                 for done in store.recover()? {
                     eprintln!("{done}");
@@ -229,14 +257,25 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
                     dir => PathBuf::from(dir),
                 });
             }
+            Some(_) => {}
         }
     }
-    if !args.dry_run {
+    if let Some(c) = collective
+        .as_ref()
+        .filter(|_| size > 1 && args.resume.is_some())
+    {
+        resume_dir = Some(ranks::share_resume_dir(
+            c,
+            resume_dir,
+            args.ranks.timeout(),
+        )?);
+    }
+    if !args.dry_run && leader {
         for original in &resolved.originals {
             eprintln!("note: {}", original.summary());
         }
     }
-    let mut p = prepare(&resolved.settings, false)?;
+    let mut p = prepare(&resolved.settings, !leader)?;
     // A resumed run continues from its checkpoint; its saved settings already hold the adapter's values.
     let init = if args.resume.is_none() {
         init_adapter::apply(
@@ -250,19 +289,23 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     };
     let settings = resolved.settings.clone();
     let formats = settings.adapter_formats.0.resolve(&p.model, &p.lora)?;
-    if let Some(warning) = &formats.warning {
-        eprintln!("warning: {warning}");
+    if leader {
+        if let Some(warning) = &formats.warning {
+            eprintln!("warning: {warning}");
+        }
+        dump_if_asked(&p, args.dump_dataset.as_deref())?;
     }
-    dump_if_asked(&p, args.dump_dataset.as_deref())?;
     if args.dry_run {
         dry_run(&resolved, &p, args.show_blocks)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if resume_dir.is_none() {
+    if resume_dir.is_none() && leader {
         store.prepare_new(args.overwrite).map_err(output_error)?;
     }
-    eprintln!("{}", p.data.summary_text(settings.eval_every()));
-    eprintln!("{}", p.plan.text());
+    if leader {
+        eprintln!("{}", p.data.summary_text(settings.eval_every()));
+        eprintln!("{}", p.plan.text());
+    }
 
     // The page starts before the job is built; a refused resume drops it with the error.
     let ui = match args.ui.ui {
@@ -322,6 +365,8 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
         None => (None, None),
     };
     builder = match (&ui, commands) {
+        // The other ranks follow rank 0's decisions: no observer (Silent), no control source.
+        _ if !leader => builder,
         (Some(ui), Some(commands)) => builder
             .observer(Both(cli_observer, UiObserver::new(ui.hub.clone(), &output)))
             .control(BothSources(control_file, commands)),
@@ -333,9 +378,31 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     if let Some(adapter) = init {
         builder = builder.init_adapter(adapter);
     }
+    if let Some(c) = collective {
+        builder = builder
+            .collective(c)
+            .collective_timeout(args.ranks.timeout());
+    }
     let job = builder.build()?;
+    if !leader {
+        if own_signals {
+            signals::interrupt_on_signal(interrupter)?;
+        }
+        let report = job.run()?;
+        ranks::say(&format!(
+            "process {rank} of {size}: followed process 0 to step {} of {} ({})",
+            report.step,
+            report.total_steps,
+            ending_text(&report)
+        ));
+        return Ok(exit_code(report.end));
+    }
     if let Some(dir) = job.resumed_from() {
-        eprintln!("resuming from {} at step {}", dir.display(), job.step());
+        ranks::say(&format!(
+            "resuming from {} at step {}",
+            dir.display(),
+            job.step()
+        ));
     }
     // Written only now: a refused resume leaves the run's parameters as they were.
     store
@@ -346,22 +413,15 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
     }
     let report = job.run().map_err(|e| disk_full_hint(e, &output))?;
 
-    let loss = report.loss;
-    let why = match report.end {
-        End::Finished => "finished".to_string(),
-        End::Interrupted => "interrupted".to_string(),
-        End::Stopped(StopReason::AtLoss) => format!("stopped at loss {loss:.4}"),
-        End::Stopped(StopReason::AtEpoch) => "stopped at the requested epoch".to_string(),
-        End::Stopped(StopReason::User) => "stopped on request".to_string(),
-        End::Stopped(other) => format!("stopped ({other:?})"),
-    };
-    eprintln!(
-        "{why} after {} of {} steps, loss {loss:.4}. Adapter: {}\ngraph: {}",
+    ranks::say(&format!(
+        "{} after {} of {} steps, loss {:.4}. Adapter: {}\ngraph: {}",
+        ending_text(&report),
         report.step,
         report.total_steps,
+        report.loss,
         output.display(),
         output.join(GRAPH_FILE).display()
-    );
+    ));
     if report.end == End::Interrupted {
         if let Some(dir) = &report.last_checkpoint {
             eprintln!(
@@ -370,9 +430,29 @@ pub fn run_with(args: &TrainArgs, interrupter: Option<Interrupter>) -> Result<Ex
                 dir.display()
             );
         }
-        return Ok(ExitCode::from(130));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(report.end))
+}
+
+/// How a run ended, in words.
+fn ending_text(report: &Report) -> String {
+    match report.end {
+        End::Finished => "finished".to_string(),
+        End::Interrupted => "interrupted".to_string(),
+        End::Stopped(StopReason::AtLoss) => format!("stopped at loss {:.4}", report.loss),
+        End::Stopped(StopReason::AtEpoch) => "stopped at the requested epoch".to_string(),
+        End::Stopped(StopReason::User) => "stopped on request".to_string(),
+        End::Stopped(other) => format!("stopped ({other:?})"),
+    }
+}
+
+/// 130 for an interrupted run (as after Ctrl-C), 0 otherwise.
+fn exit_code(end: End) -> ExitCode {
+    if end == End::Interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Runs `trainer-cli check`: the original's "Verify dataset", with exact numbers and suggestions, without

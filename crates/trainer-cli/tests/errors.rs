@@ -126,3 +126,23 @@ fn bad_tokenizer_file() {
         .unwrap();
     assert_clean_error(&out, "tokenizer.json");
 }
+
+/// A build without the `distributed` feature started by mpirun (seen from the launcher's variables) refuses
+/// to train instead of training alone into the same folder as its siblings.
+#[cfg(not(feature = "distributed"))]
+#[test]
+fn one_of_several_processes_without_the_distributed_feature() {
+    let d = tempdir("no-mpi");
+    let mut c = cli();
+    c.arg("train")
+        .arg("--model")
+        .arg(model())
+        .arg("--text")
+        .arg(sample_text())
+        .arg("--output")
+        .arg(d.join("run"))
+        .env("OMPI_COMM_WORLD_SIZE", "2");
+    let out = c.output().unwrap();
+    assert_clean_error(&out, "built without the `distributed` feature");
+    assert!(!d.join("run").exists(), "nothing written");
+}

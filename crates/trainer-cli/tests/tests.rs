@@ -2,6 +2,8 @@
 
 mod common;
 mod datasets;
+#[cfg(feature = "distributed")]
+mod distributed;
 mod errors;
 mod faults;
 mod gguf_adapters;

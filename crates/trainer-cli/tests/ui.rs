@@ -191,6 +191,27 @@ pub fn screenshot_dir() -> PathBuf {
     dir
 }
 
+/// `chromedriver` started on a free port (killed when the first value drops), the port, and a tokio runtime
+/// for the WebDriver client.
+pub fn start_driver(driver: &Path) -> (Killed, u16, tokio::runtime::Runtime) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (Killed(child), port, rt)
+}
+
 pub async fn browser(driver_port: u16, profile: &Path) -> Client {
     let caps = serde_json::json!({
         "goog:chromeOptions": {
@@ -359,23 +380,7 @@ fn run_page_in_a_browser() {
     );
 
     // --- the page in chromium ---
-    let driver_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _driver = Killed(
-        Command::new(&driver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_driver, driver_port, rt) = start_driver(&driver);
     rt.block_on(async {
         let c = browser(driver_port, &dir.join("profile-1")).await;
         c.goto(&format!("http://{addr}/")).await.unwrap();

@@ -13,7 +13,8 @@ use fantoccini::{Client, Locator};
 
 use crate::common::{cli, model, small_text, tempdir};
 use crate::ui::{
-    browser, chromedriver, http, js_u64, screenshot_dir, text, until, Killed, PATIENCE,
+    browser, chromedriver, http, js_u64, screenshot_dir, start_driver, text, until, Killed,
+    PATIENCE,
 };
 
 /// `ui --runs runs --ui-root ...` on a free port: the child, its address and its token.
@@ -178,23 +179,7 @@ fn setup_page_in_a_browser() {
     let dropout_error = cli_error(&[&common[..], &["--dropout", "1.5"]].concat());
     let cutoff_error = cli_error(&[&common[..], &["--cutoff", "6x"]].concat());
 
-    let driver_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _driver = Killed(
-        Command::new(&driver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_driver, driver_port, rt) = start_driver(&driver);
     rt.block_on(async {
         let c = browser(driver_port, &dir.join("profile-1")).await;
         c.goto(&format!("http://{addr}/setup?token={tok}"))

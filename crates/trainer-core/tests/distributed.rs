@@ -7,53 +7,21 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use candle_core::Device;
 use checkpoint_policy::StopReason;
-use lora_targets::LoraSettings;
-use schedulers::Warmup;
 use trainer_core::job::{
-    ControlCommand, ControlSource, DataOptions, DirStore, End, Job, PlanSettings, Report,
-    ThreadGroup, TrainingData, TrainingPlan,
+    ControlCommand, ControlSource, DataOptions, DirStore, End, Job, Report, ThreadGroup,
+    TrainingData,
 };
-use trainer_core::{Error, Model, ModelConfig, Sample, TrainConfig};
+use trainer_core::{Error, Sample, TrainConfig};
 
-fn tiny_model() -> Model {
-    let mut c = ModelConfig::tiny_llama(256, 32, 2, 4, 2);
-    c.max_position_embeddings = 128;
-    Model::random(c, 3, &Device::Cpu).unwrap()
-}
+use crate::job_fixtures::{lora, plan, sample, tiny_model};
 
 /// 10 byte-level samples of 20-38 tokens; `shift` changes one token of one of them.
 fn data(shift: u32) -> TrainingData {
-    let sample = |i: u32| Sample::causal((0..20 + 2 * i).map(|t| (t * 7 + i * 13) % 256).collect());
     let mut samples: Vec<Sample> = (0..10).map(sample).collect();
     samples[3].input_ids[5] = (samples[3].input_ids[5] + shift) % 256;
     samples[3].labels[5] = i64::from(samples[3].input_ids[5]);
     TrainingData::from_samples(samples, Vec::new(), DataOptions::default())
-}
-
-/// 2 samples per micro-batch, `grad_accum` per step over 5 micro-batches per epoch: 2 steps per epoch, the
-/// second of 3 micro-batches (with 2 ranks: 2 on rank 0, 1 on rank 1).
-fn plan(grad_accum: usize) -> TrainingPlan {
-    let settings = PlanSettings {
-        batch_size: 2,
-        grad_accum,
-        epochs: 2.0,
-        warmup: Warmup::Steps(1),
-        learning_rate: 1e-2,
-        ..PlanSettings::default()
-    };
-    TrainingPlan::new(settings, 10).unwrap()
-}
-
-fn lora() -> LoraSettings {
-    LoraSettings {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.1,
-        target_modules: vec!["q_proj".into(), "v_proj".into()],
-        ..LoraSettings::default()
-    }
 }
 
 /// How one test run is set up.
@@ -100,7 +68,8 @@ fn run(out: &Path, group: Option<ThreadGroup>, setup: &Setup) -> trainer_core::R
             neftune_alpha: Some(5.0),
             ..TrainConfig::default()
         })
-        .plan(plan(setup.grad_accum.unwrap_or(2)))
+        // 2 steps per epoch, the second of 3 micro-batches (with 2 ranks: 2 on rank 0, 1 on rank 1).
+        .plan(plan(2.0, setup.grad_accum.unwrap_or(2)))
         .checkpoints(checkpoint_policy::Settings {
             save_every: Some(2),
             save_final: false,

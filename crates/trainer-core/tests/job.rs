@@ -17,44 +17,18 @@ use trainer_core::job::{
     End, Flow, Interrupter, Job, JobBuilder, Observer, PlanSettings, Report, Saved, Start,
     TrainingData, TrainingPlan, LOG_FILE,
 };
-use trainer_core::{Error, Model, ModelConfig, Sample, TrainConfig};
+use trainer_core::{Error, Model, TrainConfig};
 
-fn tiny_model() -> Model {
-    let mut c = ModelConfig::tiny_llama(256, 32, 2, 4, 2);
-    c.max_position_embeddings = 128;
-    Model::random(c, 3, &Device::Cpu).unwrap()
-}
+use crate::job_fixtures::{lora, plan, sample, tiny_model};
 
 /// 10 byte-level samples of 20-40 tokens; two of them are the eval set.
 fn data(eval: bool) -> TrainingData {
-    let sample = |i: u32| Sample::causal((0..20 + 2 * i).map(|t| (t * 7 + i * 13) % 256).collect());
     let eval = if eval {
         vec![sample(11), sample(12)]
     } else {
         Vec::new()
     };
     TrainingData::from_samples((0..10).map(sample).collect(), eval, DataOptions::default())
-}
-
-fn plan(epochs: f64) -> TrainingPlan {
-    let settings = PlanSettings {
-        batch_size: 2,
-        epochs,
-        warmup: Warmup::Steps(1),
-        learning_rate: 1e-2,
-        ..PlanSettings::default()
-    };
-    TrainingPlan::new(settings, 10).unwrap()
-}
-
-fn lora() -> LoraSettings {
-    LoraSettings {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.1,
-        target_modules: vec!["q_proj".into(), "v_proj".into()],
-        ..LoraSettings::default()
-    }
 }
 
 /// Records every call.
@@ -107,7 +81,7 @@ fn job<'m>(model: &'m Model, out: &Path, epochs: f64) -> JobBuilder<'m> {
             seed: 5,
             ..TrainConfig::default()
         })
-        .plan(plan(epochs))
+        .plan(plan(epochs, 1))
 }
 
 fn adapter_bytes(dir: &Path) -> Vec<u8> {
@@ -232,7 +206,7 @@ fn interrupt_checkpoint_resume_equals_straight_through() {
             seed: 5,
             ..TrainConfig::default()
         })
-        .plan(plan(2.0))
+        .plan(plan(2.0, 1))
         .observer(seen.clone())
         .resume_from(&ckpt)
         .build()
@@ -256,7 +230,7 @@ fn interrupt_checkpoint_resume_equals_straight_through() {
             seed: 5,
             ..TrainConfig::default()
         })
-        .plan(plan(2.0))
+        .plan(plan(2.0, 1))
         .resume_from(&ckpt)
         .build();
     match other {
@@ -268,7 +242,7 @@ fn interrupt_checkpoint_resume_equals_straight_through() {
     }
     let other = Job::builder(&model, data(false), DirStore::new(&out))
         .lora(lora())
-        .plan(plan(2.0))
+        .plan(plan(2.0, 1))
         .resume_from(&ckpt)
         .build();
     assert!(matches!(other, Err(Error::Resume { message, .. }) if message.contains("other data")));
@@ -402,7 +376,7 @@ fn the_directory_store_recovers_after_a_kill_and_the_run_resumes() {
             seed: 5,
             ..TrainConfig::default()
         })
-        .plan(plan(1.0))
+        .plan(plan(1.0, 1))
         .resume_from(&latest)
         .build()
         .unwrap()

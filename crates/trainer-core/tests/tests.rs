@@ -2,6 +2,8 @@
 //! falling back to `<repo root>/models/SmolLM2-135M-Instruct.Q4_1.gguf`, and fail when neither exists.
 
 mod common;
+// The tiny job shared by the job and data-parallel tests.
+mod job_fixtures;
 // Loading: reference logits against PEFT, tokenizer against the reference tokenizer.json.
 mod reference;
 // HF directories, merging, adapter strictness, rsLoRA, perplexity.
