@@ -7,9 +7,10 @@ use trainer_core::job::PREVIEW_FILE;
 
 use crate::init_adapter;
 use crate::model_files::mib;
+use crate::prepare::{prepare, resolve_settings, Prepared, Say};
 use crate::settings::Settings;
 use crate::sources::Resolved;
-use crate::train::{prepare, resolve_settings, Prepared, TrainArgs};
+use crate::train::TrainArgs;
 
 /// Prints what `--dry-run` shows and writes the LR preview.
 pub fn dry_run(r: &Resolved, p: &Prepared, show: usize) -> Result<()> {
@@ -64,7 +65,7 @@ pub struct Preview {
 /// The dry run of `args` as text and data, without printing or writing anything (the setup page's Preview).
 pub fn preview(args: &TrainArgs) -> Result<Preview> {
     let mut r = resolve_settings(args)?;
-    let mut p = prepare(&r.settings, true)?;
+    let mut p = prepare(&r.settings, Say::Notes)?;
     init_adapter::apply(&mut r.settings, &mut p.lora, &p.model, &mut r.sources)?;
     let mut text = String::new();
     if let Some(warning) = r
@@ -95,9 +96,10 @@ pub fn print_memory_estimate(s: &Settings, p: &Prepared) -> Result<()> {
 /// The estimated peak memory of the run, with and without gradient checkpointing, and a warning when it is
 /// more than this process can have.
 fn memory_text(s: &Settings, p: &Prepared) -> Result<String> {
+    let (optimizer, _) = s.optimizer()?;
     let est = |ckpt| {
         p.model
-            .estimate_training(&p.lora, (s.batch_size, s.cutoff), ckpt)
+            .estimate_training(&p.lora, &optimizer, (s.batch_size, s.cutoff), ckpt)
     };
     let (with, without) = (est(true)?, est(false)?);
     let chosen = if s.gradient_checkpointing {

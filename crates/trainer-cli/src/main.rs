@@ -4,6 +4,7 @@
 //! (a `trainer_core::job::Job` for `train`), observes them and prints. Every error reaches the user as one line
 //! (`error: ...`) and exit code 2; an interrupted training run exits 130.
 
+mod check;
 mod chunk;
 mod clock;
 mod control;
@@ -20,6 +21,7 @@ mod mpi_collective;
 mod observer;
 mod original_config;
 mod plot;
+mod prepare;
 mod ranks;
 mod schedule;
 mod settings;
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
         Command::Schedule(args) => schedule::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Train(args) => train::run(&args),
-        Command::Check(args) => train::check(&args),
+        Command::Check(args) => check::run(&args),
         Command::Control(args) => control::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Convert(args) => model_files::convert(&args),

@@ -2,30 +2,25 @@
 //! `trainer_core::job::Job`, the job run with the command line's observer; or the plan shown
 //! (`--dry-run`, `check`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use checkpoint_policy::StopReason;
 use clap::Args;
-use lora_targets::LoraSettings;
 use trainer_core::job::{
-    Collective, ControlFile, DataFiles, DirStore, End, Interrupter, Job, Report, TrainingData,
-    TrainingPlan, GRAPH_FILE, PARAMETERS_FILE,
+    Collective, ControlFile, DirStore, End, Interrupter, Job, Report, GRAPH_FILE, PARAMETERS_FILE,
 };
-use trainer_core::Model;
 
-use crate::dry_run::{dry_run, print_memory_estimate};
+use crate::dry_run::dry_run;
 use crate::fsutil::{disk_full_hint, output_error};
 use crate::init_adapter;
 use crate::lock;
-use crate::model_files::{load_model_with, mib};
 use crate::observer::{CliObserver, ProgressMode};
+use crate::prepare::{base_model_name, dump_if_asked, prepare, resolve_settings, Prepared, Say};
 use crate::ranks::{self, RankFlags};
-use crate::settings::{SettingFlags, Settings};
+use crate::settings::SettingFlags;
 use crate::signals;
-use crate::sources::Resolved;
 use crate::ui::{Both, BothSources, RunInfo, RunUi, UiFlags, UiObserver};
 
 /// Arguments of `trainer-cli train`.
@@ -64,102 +59,6 @@ pub struct TrainArgs {
     pub settings: SettingFlags,
     #[command(flatten)]
     pub ui: UiFlags,
-}
-
-/// Everything a run needs, resolved and validated.
-pub struct Prepared {
-    /// The base model.
-    pub model: Model,
-    /// The LoRA settings for it.
-    pub lora: LoraSettings,
-    /// The encoded training (and eval) data.
-    pub data: TrainingData,
-    /// The step plan and learning-rate schedule.
-    pub plan: TrainingPlan,
-}
-
-/// The settings of this invocation and their sources: the config files (or, when resuming without one, the
-/// run's own training_parameters.toml), then the flags.
-pub fn resolve_settings(args: &TrainArgs) -> Result<Resolved> {
-    let mut configs = args.config.clone();
-    if configs.is_empty() && args.resume.is_some() {
-        let out = args.settings.run.output.clone().unwrap_or_default();
-        if out.as_os_str().is_empty() {
-            bail!("--resume needs --output DIR: the folder of the run to continue");
-        }
-        if !out.is_dir() {
-            bail!(
-                "--resume: output folder {} does not exist or is not a folder: give the --output of the run to continue",
-                out.display()
-            );
-        }
-        let saved = out.join(PARAMETERS_FILE);
-        if saved.is_file() {
-            configs.push(saved);
-        }
-    }
-    let resolved = Resolved::new(&configs, &args.settings, args.dementor)?;
-    resolved.validate()?;
-    let settings = &resolved.settings;
-    if settings.model.as_os_str().is_empty() {
-        bail!("no model: give --model PATH (a Hugging Face folder or a .gguf file)");
-    }
-    if settings.text.as_os_str().is_empty() && settings.dataset.as_os_str().is_empty() {
-        bail!("no training data: give --text FILE|DIR, --dataset FILE, or both (hybrid)");
-    }
-    Ok(resolved)
-}
-
-/// Reads the data (before the slower model load, so a bad file fails fast), loads the model, encodes and plans.
-pub fn prepare(s: &Settings, quiet: bool) -> Result<Prepared> {
-    let files = DataFiles::read(s.data_sources()?, s.data_options())?;
-    let t0 = Instant::now();
-    let model = load_model_with(&s.model, &s.load_options())?;
-    if !quiet {
-        let types: Vec<String> = model
-            .weight_types()
-            .iter()
-            .map(|(t, n)| format!("{n} {t}"))
-            .collect();
-        eprintln!(
-            "loaded {} ({}, {} layers; weights {}, {} in memory) in {:.1}s",
-            s.model.display(),
-            model.config().model_type,
-            model.config().num_hidden_layers,
-            types.join(", "),
-            mib(model.resident_bytes()),
-            t0.elapsed().as_secs_f64()
-        );
-    }
-    let lora = s.lora(&model)?;
-    let data = TrainingData::build(files, &model)?;
-    for note in &data.notes {
-        eprintln!("note: {note}");
-    }
-    if let (_, Some(note)) = s.optimizer()? {
-        eprintln!("note: optimizer `{}` is {note}", s.optimizer.trim());
-    }
-    let plan = TrainingPlan::new(s.plan_settings(), data.samples.len())?;
-    Ok(Prepared {
-        model,
-        lora,
-        data,
-        plan,
-    })
-}
-
-/// The base-model string stored in adapter_config.json.
-fn base_model_name(model: &Path) -> String {
-    model.display().to_string()
-}
-
-/// Writes `--dump-dataset` when asked.
-fn dump_if_asked(p: &Prepared, path: Option<&Path>) -> Result<()> {
-    if let Some(path) = path {
-        let n = p.data.dump(path, p.model.tokenizer())?;
-        eprintln!("wrote {n} samples as trained to {}", path.display());
-    }
-    Ok(())
 }
 
 /// Runs `trainer-cli train`.
@@ -275,7 +174,12 @@ fn run_ranked<C: Collective>(
             eprintln!("note: {}", original.summary());
         }
     }
-    let mut p = prepare(&resolved.settings, !leader)?;
+    let say = if leader {
+        Say::Everything
+    } else {
+        Say::Nothing
+    };
+    let mut p = prepare(&resolved.settings, say)?;
     // A resumed run continues from its checkpoint; its saved settings already hold the adapter's values.
     let init = if args.resume.is_none() {
         init_adapter::apply(
@@ -453,59 +357,4 @@ fn exit_code(end: End) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Runs `trainer-cli check`: the original's "Verify dataset", with exact numbers and suggestions, without
-/// training or writing anything.
-pub fn check(args: &TrainArgs) -> Result<ExitCode> {
-    if args.ui.ui.is_some() {
-        bail!("--ui serves a training run's page; `check` starts no run: use it with `train`");
-    }
-    let mut r = resolve_settings(args)?;
-    let mut p = prepare(&r.settings, true)?;
-    init_adapter::apply(&mut r.settings, &mut p.lora, &p.model, &mut r.sources)?;
-    let s = r.settings;
-    if let Some(warning) = s.adapter_formats.0.resolve(&p.model, &p.lora)?.warning {
-        eprintln!("warning: {warning}");
-    }
-    dump_if_asked(&p, args.dump_dataset.as_deref())?;
-    println!("{}", p.data.summary_text(s.eval_every()));
-    println!("{}", p.plan.text());
-    println!("{}", p.data.padding_text(s.batch_size));
-    print_memory_estimate(&s, &p)?;
-    let total = p.plan.steps.total_steps;
-    let warmup = (total.div_ceil(10))
-        .min(p.plan.steps.steps_per_epoch)
-        .max(1);
-    println!("suggested:      warmup_steps = {warmup} (10% of the run, at most one epoch)");
-    println!(
-        "suggested:      save_every = {} .. {} (5 to 10 checkpoints over the run)",
-        total.div_ceil(10).max(1),
-        total.div_ceil(5).max(1)
-    );
-    let split = p
-        .data
-        .chunks
-        .as_ref()
-        .map_or(0, |(c, _)| c.summary.pieces_split);
-    if split > 0 {
-        println!(
-            "note:           {split} sentences are longer than the cutoff and were split at word boundaries; \
-             a larger --cutoff keeps them whole"
-        );
-    }
-    let longest = p
-        .data
-        .samples
-        .iter()
-        .map(|s| s.input_ids.len())
-        .max()
-        .unwrap_or(0);
-    if longest * 2 < s.cutoff {
-        println!(
-            "note:           the longest sample has {longest} tokens; a --cutoff of {} would do",
-            longest.div_ceil(32) * 32
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -181,7 +181,8 @@ pub(crate) fn check_load(
 pub struct MemoryEstimate {
     /// The frozen weights as loaded ([`crate::Model::resident_bytes`]).
     pub weights: u64,
-    /// Trainable tensors, their step and micro-batch gradients and AdamW moments (5 f32 per trainable value).
+    /// Trainable tensors with their step and micro-batch gradients (3 f32 per trainable value) and the
+    /// optimizer's state ([`Optimizer::state_values`](crate::Optimizer::state_values) f32 values).
     pub trainable: u64,
     /// The engine's activation and gradient buffers at the largest micro-batch.
     pub activations: u64,
@@ -204,15 +205,15 @@ const HEAD_CHUNK: u64 = 512;
 const PANEL: u64 = 1 << 20;
 
 /// An estimate of a training run's peak memory on the CPU engine: a micro-batch of `batch` sequences of `seq`
-/// tokens, LoRA of rank `rank` on `modules` of the 7 linear modules per layer, `trainable` trainable values, with
-/// or without gradient checkpointing. It counts the engine's buffers exactly as it sizes them (per layer: the
+/// tokens, LoRA of rank `rank` on `modules` of the 7 linear modules per layer, `trainable` trainable values whose
+/// optimizer keeps `optimizer_state` f32 values, with or without gradient checkpointing. It counts the engine's buffers exactly as it sizes them (per layer: the
 /// normalized inputs, q/k/v, the attention probabilities `heads × seq²` per sequence, the MLP's gate/up/act,
 /// LoRA intermediates; without checkpointing one such set per layer, with it one set plus each layer's input).
 #[allow(clippy::too_many_arguments)]
 pub fn estimate_training(
     cfg: &ModelConfig,
     weights: u64,
-    trainable: u64,
+    (trainable, optimizer_state): (u64, u64),
     (batch, seq): (usize, usize),
     rank: usize,
     modules: usize,
@@ -253,18 +254,20 @@ pub fn estimate_training(
     let kept = if checkpointing { saved } else { layers * saved };
     MemoryEstimate {
         weights,
-        trainable: 5 * 4 * trainable,
+        trainable: 4 * (3 * trainable + optimizer_state),
         activations: 4 * (kept + scratch + stream + head),
         runtime: RUNTIME,
     }
 }
 
 impl crate::Model {
-    /// [`estimate_training`] for this model and these LoRA settings: micro-batches of `batch` sequences of up to
-    /// `seq` tokens, with or without gradient checkpointing. Errors name unknown target modules.
+    /// [`estimate_training`] for this model, these LoRA settings and this optimizer: micro-batches of `batch`
+    /// sequences of up to `seq` tokens, with or without gradient checkpointing. Errors name unknown target
+    /// modules.
     pub fn estimate_training(
         &self,
         lora: &lora_targets::LoraSettings,
+        optimizer: &crate::Optimizer,
         (batch, seq): (usize, usize),
         checkpointing: bool,
     ) -> Result<MemoryEstimate> {
@@ -276,9 +279,10 @@ impl crate::Model {
             c.num_key_value_heads * c.head_dim,
             c.intermediate_size,
         );
-        let per_layer: usize = modules
-            .iter()
-            .map(|m| {
+        // Every trainable tensor's shape: A [r, in] and B [out, r] per module and layer, and the full copies.
+        let mut shapes: Vec<[usize; 2]> = Vec::new();
+        for _ in 0..c.num_hidden_layers {
+            for m in &modules {
                 let (out, inp) = match m.as_str() {
                     "q_proj" => (q, h),
                     "k_proj" | "v_proj" => (kv, h),
@@ -286,15 +290,17 @@ impl crate::Model {
                     "down_proj" => (h, i),
                     _ => (i, h),
                 };
-                lora.r * (out + inp)
-            })
-            .sum();
-        let full = c.vocab_size * h * lora.modules_to_save.len();
-        let trainable = (per_layer * c.num_hidden_layers + full) as u64;
+                shapes.push([lora.r, inp]);
+                shapes.push([out, lora.r]);
+            }
+        }
+        shapes.extend(lora.modules_to_save.iter().map(|_| [c.vocab_size, h]));
+        let trainable: usize = shapes.iter().map(|[r, c]| r * c).sum();
+        let state: usize = shapes.iter().map(|s| optimizer.state_values(s)).sum();
         Ok(estimate_training(
             c,
             self.resident_bytes(),
-            trainable,
+            (trainable as u64, state as u64),
             (batch, seq),
             lora.r,
             modules.len(),
@@ -351,9 +357,42 @@ mod tests {
     }
 
     #[test]
+    fn the_optimizer_state_is_counted_for_the_chosen_optimizer() {
+        use crate::optim::{AdafactorParams, AdagradParams, Optimizer, SgdParams};
+        let cfg = ModelConfig::tiny_llama(256, 32, 2, 4, 2);
+        let model = crate::Model::random(cfg, 1, &candle_core::Device::Cpu).unwrap();
+        let lora = lora_targets::LoraSettings {
+            r: 4,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+            ..lora_targets::LoraSettings::default()
+        };
+        let est = |o: Optimizer| {
+            model
+                .estimate_training(&lora, &o, (1, 16), true)
+                .unwrap()
+                .trainable
+        };
+        // Plain SGD keeps no state: 3 f32 per trainable value; AdamW 2 more, Adagrad 1 more.
+        let (sgd, adamw) = (
+            est(Optimizer::Sgd(SgdParams::default())),
+            est(Optimizer::AdamW),
+        );
+        let adagrad = est(Optimizer::Adagrad(AdagradParams::default()));
+        assert_eq!(sgd % 12, 0);
+        assert_eq!(adamw, sgd / 3 * 5);
+        assert_eq!(adagrad, sgd / 3 * 4);
+        // Adafactor's factored second moment: rows + columns, far below one value per value.
+        let adafactor = est(Optimizer::Adafactor(AdafactorParams::default()));
+        assert!(
+            sgd < adafactor && adafactor < adagrad,
+            "{sgd} {adafactor} {adagrad}"
+        );
+    }
+
+    #[test]
     fn checkpointing_shrinks_the_estimate_and_batches_grow_it() {
         let cfg = ModelConfig::tiny_llama(1000, 64, 8, 4, 2);
-        let est = |b, ckpt| estimate_training(&cfg, 1 << 20, 1000, (b, 128), 8, 2, ckpt);
+        let est = |b, ckpt| estimate_training(&cfg, 1 << 20, (1000, 2000), (b, 128), 8, 2, ckpt);
         assert!(est(4, true).activations < est(4, false).activations);
         assert!(est(8, false).activations > est(4, false).activations);
         assert_eq!(

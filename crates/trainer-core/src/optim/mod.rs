@@ -128,3 +128,24 @@ pub enum Optimizer {
     /// `transformers.optimization.Adafactor` (factored second moment for matrices).
     Adafactor(AdafactorParams),
 }
+
+impl Optimizer {
+    /// How many f32 values of state this optimizer keeps for a trainable tensor of `shape` (what
+    /// `optimizer.safetensors` holds for it): AdamW 2 per value; SGD 1 with momentum, else none; Adagrad 1;
+    /// Adafactor rows + columns for a matrix (the whole size for a vector), plus 1 per value with `beta1`.
+    pub fn state_values(&self, shape: &[usize]) -> usize {
+        let n: usize = shape.iter().product();
+        match self {
+            Optimizer::AdamW => 2 * n,
+            Optimizer::Sgd(p) => usize::from(p.momentum != 0.0) * n,
+            Optimizer::Adagrad(_) => n,
+            Optimizer::Adafactor(p) => {
+                let second = match *shape {
+                    [rows, cols] => rows + cols,
+                    _ => n,
+                };
+                second + usize::from(p.beta1.is_some()) * n
+            }
+        }
+    }
+}

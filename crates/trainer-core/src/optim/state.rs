@@ -392,4 +392,32 @@ mod tests {
         );
         assert!(OptimState::new(&af, &[2, 2, 2]).is_err());
     }
+
+    proptest! {
+        /// The state count the memory estimate uses is the state every optimizer keeps.
+        #[test]
+        fn state_values_count_the_buffers(
+            rows in 1usize..40,
+            cols in 1usize..40,
+            matrix in any::<bool>(),
+            which in 0usize..6,
+        ) {
+            let opt = [
+                Optimizer::AdamW,
+                Optimizer::Sgd(SgdParams::default()),
+                Optimizer::Sgd(SgdParams { momentum: 0.9, ..SgdParams::default() }),
+                Optimizer::Adagrad(AdagradParams::default()),
+                Optimizer::Adafactor(AdafactorParams::default()),
+                Optimizer::Adafactor(AdafactorParams { beta1: Some(0.9), ..AdafactorParams::default() }),
+            ][which];
+            let shape = if matrix { vec![rows, cols] } else { vec![rows] };
+            let kept: usize = OptimState::new(&opt, &shape)
+                .unwrap()
+                .buffers(&shape)
+                .iter()
+                .map(|(_, _, v)| v.len())
+                .sum();
+            prop_assert_eq!(opt.state_values(&shape), kept);
+        }
+    }
 }
