@@ -202,7 +202,7 @@ const RUNTIME: u64 = 200 << 20;
 /// Rows of the output projection computed at once (as the engine does for a packed head; 256 for an f32 one).
 const HEAD_CHUNK: u64 = 512;
 /// The largest expanded weight panel (as the engine does), in f32 values.
-const PANEL: u64 = 1 << 20;
+const PANEL: u64 = 1 << 22;
 
 /// An estimate of a training run's peak memory on the CPU engine: a micro-batch of `batch` sequences of `seq`
 /// tokens, LoRA of rank `rank` on `modules` of the 7 linear modules per layer, `trainable` trainable values whose

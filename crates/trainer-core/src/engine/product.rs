@@ -12,8 +12,9 @@ use super::gemm::{matmul, Mode, Threads, View};
 use super::workspace::Buf;
 use crate::matrix::{MatrixRef, RefData};
 
-/// Target size of an expanded panel, in f32 values (4 MiB).
-const PANEL: usize = 1 << 20;
+/// Target size of an expanded panel, in f32 values (16 MiB): fewer, larger products keep both GEMM workers busier
+/// than 4 MiB panels did (a 7B Q4_K step 0.86× as long at 2 threads; docs/performance.md).
+const PANEL: usize = 1 << 22;
 /// Narrowest column panel of `g · W`; a matrix whose panels would be narrower is taken in row panels instead.
 const MIN_COLUMNS: usize = 256;
 
