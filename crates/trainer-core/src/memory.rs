@@ -201,14 +201,16 @@ impl MemoryEstimate {
 const RUNTIME: u64 = 200 << 20;
 /// Rows of the output projection computed at once (as the engine does for a packed head; 256 for an f32 one).
 const HEAD_CHUNK: u64 = 512;
-/// The largest expanded weight panel (as the engine does), in f32 values.
-const PANEL: u64 = 1 << 22;
+/// The largest expanded weight panels (as the engine cuts them), in f32 values: a layer's matrix and the head's.
+const LAYER_PANEL: u64 = 1 << 24;
+const HEAD_PANEL: u64 = 1 << 22;
 
 /// An estimate of a training run's peak memory on the CPU engine: a micro-batch of `batch` sequences of `seq`
 /// tokens, LoRA of rank `rank` on `modules` of the 7 linear modules per layer, `trainable` trainable values whose
-/// optimizer keeps `optimizer_state` f32 values, with or without gradient checkpointing. It counts the engine's buffers exactly as it sizes them (per layer: the
-/// normalized inputs, q/k/v, the attention probabilities `heads × seq²` per sequence, the MLP's gate/up/act,
-/// LoRA intermediates; without checkpointing one such set per layer, with it one set plus each layer's input).
+/// optimizer keeps `optimizer_state` f32 values, with or without gradient checkpointing. It counts the engine's
+/// buffers exactly as it sizes them (per layer: the normalized inputs, q/k/v, the attention probabilities
+/// `heads × seq²` per sequence, the MLP's gate/up/act, LoRA intermediates; without checkpointing one such set per
+/// layer, with it one set plus each layer's input).
 #[allow(clippy::too_many_arguments)]
 pub fn estimate_training(
     cfg: &ModelConfig,
@@ -247,7 +249,10 @@ pub fn estimate_training(
         + n * qw
         + 2 * n * max_in
         + n * rank as u64
-        + PANEL.max(max_in * 16);
+        + LAYER_PANEL
+            .min(h * qw.max(kw).max(i))
+            .max(HEAD_PANEL.min(vocab * h))
+            .max(max_in * 16);
     // The residual stream (each layer's input and the last output) and its gradient.
     let stream = (layers + 2) * n * h;
     let head = 2 * n * h + n + HEAD_CHUNK * vocab + 2 * HEAD_CHUNK * h;

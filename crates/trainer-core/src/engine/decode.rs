@@ -9,7 +9,7 @@ use super::gemm::Mode;
 use super::kernels;
 use super::layer::{lora_linear, LayerWeights};
 use super::net::Net;
-use super::product::x_wt;
+use super::product::{x_wt, HEAD_PANEL};
 use super::workspace::Buf;
 
 /// Keys and values of every layer for the positions seen so far (`[len, kv_heads · head_dim]` each, RoPE applied
@@ -146,6 +146,14 @@ pub(crate) fn step(net: &Net, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f3
     let xn = xn.fit(h);
     kernels::rms_forward(last, net.norm, eps, xn, &mut inv[..1]);
     let mut logits = vec![0f32; net.head.rows];
-    x_wt(&mut logits, xn, net.head, 1, Mode::Set, 1.0, panel)?;
+    x_wt(
+        &mut logits,
+        xn,
+        net.head,
+        1,
+        (Mode::Set, 1.0),
+        panel,
+        HEAD_PANEL,
+    )?;
     Ok(logits)
 }

@@ -8,7 +8,7 @@ use super::gemm::{matmul, Mode, Threads, View};
 use super::kernels;
 use super::layer::Dims;
 use super::net::Net;
-use super::product::{g_w, x_wt};
+use super::product::{g_w, x_wt, HEAD_PANEL};
 use super::workspace::{Buf, HeadBufs};
 use crate::matrix::{MatrixRef, RefData};
 
@@ -84,7 +84,15 @@ pub(crate) fn loss_backward(
         let rows_in = &mut hb.rows_in.fit(chunk * h)[..len * h];
         gather(&hb.hf, rows, h, rows_in)?;
         let logits = &mut hb.logits.fit(chunk * vocab)[..len * vocab];
-        x_wt(logits, rows_in, net.head, len, Mode::Set, 1.0, panel)?;
+        x_wt(
+            logits,
+            rows_in,
+            net.head,
+            len,
+            (Mode::Set, 1.0),
+            panel,
+            HEAD_PANEL,
+        )?;
         let per_row: Vec<f64> = logits
             .par_chunks_mut(vocab)
             .zip(targets.par_iter())
@@ -96,7 +104,15 @@ pub(crate) fn loss_backward(
             .collect();
         nll = in_row_order(nll, &per_row);
         let rows_out = &mut hb.rows_out.fit(chunk * h)[..len * h];
-        g_w(rows_out, logits, net.head, len, Mode::Set, 1.0, panel)?;
+        g_w(
+            rows_out,
+            logits,
+            net.head,
+            len,
+            (Mode::Set, 1.0),
+            panel,
+            HEAD_PANEL,
+        )?;
         if let Some(gi) = net.head_grad {
             let g = grads.get_mut(gi).ok_or_else(|| {
                 candle_core::Error::Msg("engine: missing lm_head gradient buffer (a bug)".into())
@@ -146,7 +162,15 @@ pub(crate) fn nll_sum(
         let rows_in = &mut hb.rows_in.fit(chunk * h)[..len * h];
         gather(&hb.hf, rows, h, rows_in)?;
         let logits = &mut hb.logits.fit(chunk * vocab)[..len * vocab];
-        x_wt(logits, rows_in, net.head, len, Mode::Set, 1.0, panel)?;
+        x_wt(
+            logits,
+            rows_in,
+            net.head,
+            len,
+            (Mode::Set, 1.0),
+            panel,
+            HEAD_PANEL,
+        )?;
         let per_row: Vec<f64> = logits
             .par_chunks(vocab)
             .zip(targets.par_iter())
@@ -178,6 +202,14 @@ pub(crate) fn logits(
     final_norm(net, dims, x, hb);
     let vocab = net.head.rows;
     let mut out = vec![0f32; dims.n() * vocab];
-    x_wt(&mut out, &hb.hf, net.head, dims.n(), Mode::Set, 1.0, panel)?;
+    x_wt(
+        &mut out,
+        &hb.hf,
+        net.head,
+        dims.n(),
+        (Mode::Set, 1.0),
+        panel,
+        HEAD_PANEL,
+    )?;
     Ok(out)
 }

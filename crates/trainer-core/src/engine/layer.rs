@@ -5,7 +5,7 @@ use candle_core::Result;
 use super::attention::{attention, attention_backward};
 use super::gemm::{matmul, Mode, Threads, View};
 use super::kernels;
-use super::product::{g_w, x_wt};
+use super::product::{g_w, x_wt, LAYER_PANEL};
 use super::workspace::{Buf, LoraSaved, Saved, Scratch, Tmp};
 use crate::decoder::Noise;
 use crate::matrix::MatrixRef;
@@ -118,7 +118,7 @@ pub(super) fn lora_linear(
 ) -> Result<()> {
     let weight = w.linears[m];
     let (out, inp) = (weight.rows, weight.cols);
-    x_wt(y, x, weight, n, Mode::Set, 1.0, panel)?;
+    x_wt(y, x, weight, n, (Mode::Set, 1.0), panel, LAYER_PANEL)?;
     if let Some(l) = &w.lora[m] {
         let r = l.rank;
         let u = u.fit(n * r);
@@ -168,7 +168,7 @@ fn project_backward(
     let n = ctx.dims.n();
     let weight = w.linears[m];
     let (out, inp) = (weight.rows, weight.cols);
-    g_w(d_in, g, weight, n, mode, 1.0, &mut tmp.panel)?;
+    g_w(d_in, g, weight, n, (mode, 1.0), &mut tmp.panel, LAYER_PANEL)?;
     let Some(l) = &w.lora[m] else {
         return Ok(());
     };

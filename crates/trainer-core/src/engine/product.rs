@@ -12,36 +12,40 @@ use super::gemm::{matmul, Mode, Threads, View};
 use super::workspace::Buf;
 use crate::matrix::{MatrixRef, RefData};
 
-/// Target size of an expanded panel, in f32 values (16 MiB): fewer, larger products keep both GEMM workers busier
-/// than 4 MiB panels did (a 7B Q4_K step 0.86× as long at 2 threads; docs/performance.md).
-const PANEL: usize = 1 << 22;
+/// Target size of an expanded panel of a layer's matrix, in f32 values (64 MiB: a whole 4096 × 4096 matrix):
+/// fewer, larger products keep the GEMM's workers busier than small panels (a 7B Q4_K step 0.67× as long at 2
+/// threads as with 4 MiB panels; docs/performance.md).
+pub(crate) const LAYER_PANEL: usize = 1 << 24;
+/// Target size of an expanded panel of the output head (16 MiB): its vocabulary-sized matrix would take a
+/// [`LAYER_PANEL`] on any model, a large share of a small model's memory.
+pub(crate) const HEAD_PANEL: usize = 1 << 22;
 /// Narrowest column panel of `g · W`; a matrix whose panels would be narrower is taken in row panels instead.
 const MIN_COLUMNS: usize = 256;
 
-/// `y[n, rows] (=|+=) beta · x[n, cols] · Wᵀ`.
+/// `y[n, rows] (=|+=) beta · x[n, cols] · Wᵀ`, a packed W expanded in panels of about `target` values.
 pub(crate) fn x_wt(
     y: &mut [f32],
     x: &[f32],
     w: MatrixRef,
     n: usize,
-    mode: Mode,
-    beta: f32,
+    (mode, beta): (Mode, f32),
     panel: &mut Buf,
+    target: usize,
 ) -> Result<()> {
-    x_wt_panels(y, x, w, n, (mode, beta), panel, PANEL)
+    x_wt_panels(y, x, w, n, (mode, beta), panel, target)
 }
 
-/// `d[n, cols] (=|+=) beta · g[n, rows] · W`.
+/// `d[n, cols] (=|+=) beta · g[n, rows] · W`, a packed W expanded in panels of about `target` values.
 pub(crate) fn g_w(
     d: &mut [f32],
     g: &[f32],
     w: MatrixRef,
     n: usize,
-    mode: Mode,
-    beta: f32,
+    (mode, beta): (Mode, f32),
     panel: &mut Buf,
+    target: usize,
 ) -> Result<()> {
-    g_w_panels(d, g, w, n, (mode, beta), panel, PANEL)
+    g_w_panels(d, g, w, n, (mode, beta), panel, target)
 }
 
 /// [`x_wt`] with panels of about `target` values.
